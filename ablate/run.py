@@ -1,0 +1,112 @@
+"""``python -m ablate.run``: one Hydra job = one training run in its own directory.
+
+Failures stay inside their run: an error is written to ``summary.json`` (status
+``failed``, with the traceback, also logged) and the job returns normally, so
+the other jobs, the report and the exit status of a sweep are unaffected
+(``trainer.fail_fast=true`` re-raises instead). Rerunning a sweep with
+``hydra.sweep.dir=<old sweep>`` skips runs already completed with the same
+resolved config and resumes the others from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from . import files
+from .config import ConfigError
+from .data import DataError
+from .train import fit, release  # also registers every group's schema before Hydra composes
+
+log = logging.getLogger("ablate")
+
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "augment", "regularization", "trainer")
+# Keys that change neither what a run computes nor its results: not part of its identity.
+NOT_IDENTITY = {("trainer", "fail_fast"), ("trainer", "log_every"), ("trainer", "failure_value")}
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Identity of a run: its resolved config, minus where data lives and how it is reported."""
+    d = OmegaConf.to_container(cfg, resolve=True)
+    d = {k: v for k, v in d.items() if k in GROUPS}
+    for group, key in NOT_IDENTITY:
+        d.get(group, {}).pop(key, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _job_info() -> tuple[Path, list[str], dict[str, Any], bool]:
+    hc = HydraConfig.get()
+    choices = {k: v for k, v in hc.runtime.choices.items() if k in GROUPS or k == "experiment"}
+    return Path(hc.runtime.output_dir), list(hc.overrides.task), choices, hc.mode == RunMode.MULTIRUN
+
+
+def _claim_run_dir(run_dir: Path, h: str) -> tuple[Path, dict | None]:
+    """The directory this config's results belong in, and its earlier summary if any.
+
+    A directory holding results of a *different* config (the YAML changed since)
+    is left alone: this run gets a sibling named with its config hash."""
+    prev = files.read_json(run_dir / files.SUMMARY_JSON)
+    if prev is None or prev.get("config_hash") == h:
+        return run_dir, prev
+    new = run_dir.with_name(f"{run_dir.name}~{h[:8]}")
+    new.mkdir(parents=True, exist_ok=True)
+    if (run_dir / ".hydra").is_dir():
+        shutil.copytree(run_dir / ".hydra", new / ".hydra", dirs_exist_ok=True)
+    log.warning("%s holds results of a different config; this run goes to %s", run_dir, new)
+    handler = logging.FileHandler(new / "run.log")
+    logging.getLogger().addHandler(handler)
+    return new, files.read_json(new / files.SUMMARY_JSON)
+
+
+def run(cfg: DictConfig) -> float:
+    """Train (or skip, or resume) the run Hydra composed; return its final test accuracy."""
+    run_dir, overrides, choices, multirun = _job_info()
+    h = config_hash(cfg)
+    if cfg.get("dry_run"):
+        print(f"[dry run] {' '.join(overrides) or '(no overrides)'} -> {run_dir}")
+        return 0.0
+    run_dir, prev = _claim_run_dir(run_dir, h)
+    if prev is not None and prev.get("status") in ("completed", "diverged"):
+        log.info("%s: already %s with this config; skipping", run_dir.name, prev["status"])
+        acc = prev.get("final_test_acc")
+        return float(acc) if prev["status"] == "completed" and acc is not None else float(cfg.trainer.failure_value)
+
+    summary = {"status": "running", "overrides": overrides, "choices": choices,
+               "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": h, "run_dir": str(run_dir)}
+    try:
+        summary = fit(cfg, run_dir, h, summary)
+    except Exception as e:
+        if cfg.trainer.get("fail_fast"):
+            raise
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        files.atomic_write_json(run_dir / files.SUMMARY_JSON, summary)
+        if isinstance(e, (ConfigError, DataError)) and not multirun:
+            sys.exit(f"ablate: {e}")  # bad input: one line, non-zero exit
+        log.error("%s failed: %s\n%s", run_dir.name, summary["error"], summary["traceback"])
+        return float(cfg.trainer.failure_value)
+    finally:
+        release()
+    if summary["status"] != "completed":
+        return float(cfg.trainer.failure_value)
+    acc = summary.get("final_test_acc")
+    return float(acc) if acc is not None else float(cfg.trainer.failure_value)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

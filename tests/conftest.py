@@ -1,0 +1,41 @@
+"""Shared fixtures: compose real configs and run the real trainer on tiny settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import ablate.train  # noqa: F401  (registers every schema before composing)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+# A run small enough for a 2-core CPU: a few batches of the embedded data.
+TINY = ["trainer.epochs=2", "trainer.batch_size=32", "trainer.limit_batches=4",
+        "trainer.limit_eval_batches=1", "trainer.eval_batch_size=200", "model=simple_cnn"]
+
+
+def make_cfg(overrides: list[str] = (), tiny: bool = True):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=(TINY if tiny else []) + list(overrides))
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    def factory(*overrides: str, tiny: bool = True):
+        return make_cfg([f"data.root={tmp_path / 'data'}", *overrides], tiny=tiny)
+    return factory
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m ablate.run`` as a user would, from ``cwd``."""
+    e = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             HYDRA_FULL_ERROR="0", MPLBACKEND="Agg")
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "ablate.run", *args], cwd=cwd, env=e, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,140 @@
+"""The real trainer on tiny settings: files, reproducibility, schedulers, regularization."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from torch.optim import lr_scheduler as sched
+
+from ablate import files
+from ablate.config import ConfigError
+from ablate.train import fit
+
+
+def _fit(cfg_factory, tmp_path, *overrides, name="run"):
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    summary = fit(cfg_factory(*overrides), run_dir, "h")
+    return run_dir, summary
+
+
+def test_run_writes_metrics_summary_and_model(cfg_factory, tmp_path):
+    run_dir, s = _fit(cfg_factory, tmp_path)
+    epochs = pd.read_csv(run_dir / "epochs.csv")
+    assert list(epochs.columns) == files.EPOCH_COLUMNS
+    assert list(epochs.epoch) == [1, 2]
+    assert epochs.test_acc.between(0, 1).all() and (epochs.images_per_second > 0).all()
+    steps = pd.read_csv(run_dir / "steps.csv")
+    assert list(steps.columns) == files.STEP_COLUMNS
+    assert list(steps.step) == list(range(1, 9)) and list(steps.epoch) == [1] * 4 + [2] * 4
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_done"] == 2
+    assert summary["final_test_acc"] == pytest.approx(epochs.test_acc.iloc[-1])
+    assert summary["best_test_acc"] == pytest.approx(epochs.test_acc.max())
+    assert summary["params"] == 421_642  # simple_cnn on 1x28x28, 10 classes
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    assert sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k) == summary["params"]
+
+
+def test_same_seed_gives_identical_epochs(cfg_factory, tmp_path):
+    a, _ = _fit(cfg_factory, tmp_path, "augment=tutorial", name="a")
+    b, _ = _fit(cfg_factory, tmp_path, "augment=tutorial", name="b")
+    c, _ = _fit(cfg_factory, tmp_path, "augment=tutorial", "trainer.seed=1", name="c")
+    cols = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
+    ea, eb, ec = (pd.read_csv(d / "epochs.csv")[cols] for d in (a, b, c))
+    pd.testing.assert_frame_equal(ea, eb)
+    assert not ea.train_loss.equals(ec.train_loss)
+
+
+def _torch_lrs(make, epochs, steps, base_lr=1e-3, per_step=False, metrics=None):
+    """What torch's scheduler gives: the lr in force at the start of each epoch (or step)."""
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
+    s = make(opt)
+    out = []
+    for e in range(epochs):
+        for _ in range(steps):
+            if per_step:
+                out.append(opt.param_groups[0]["lr"])
+                opt.step()
+                s.step()
+        if not per_step:
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            s.step(metrics[e]) if metrics is not None else s.step()
+    return out
+
+
+@pytest.mark.parametrize("name,make", [
+    ("none", lambda o: sched.LambdaLR(o, lambda e: 1.0)),
+    ("step", lambda o: sched.StepLR(o, step_size=2, gamma=0.1)),
+    ("multistep", lambda o: sched.MultiStepLR(o, milestones=[1, 3], gamma=0.5)),
+    ("exponential", lambda o: sched.ExponentialLR(o, gamma=0.8)),
+    ("cosine", lambda o: sched.CosineAnnealingLR(o, T_max=4, eta_min=1e-5)),
+    ("warmup_cosine", lambda o: sched.SequentialLR(o, [sched.LinearLR(o, 0.1, total_iters=2),
+                                                       sched.CosineAnnealingLR(o, T_max=2, eta_min=1e-5)], [2])),
+])
+def test_epoch_scheduler_lr_matches_torch(cfg_factory, tmp_path, name, make):
+    extra = {"step": ["scheduler.step_size=2"], "multistep": ["scheduler.milestones=[1,3]", "scheduler.gamma=0.5"]}
+    run_dir, _ = _fit(cfg_factory, tmp_path, f"scheduler={name}", "trainer.epochs=4", "trainer.limit_batches=1",
+                      *extra.get(name, []))
+    got = pd.read_csv(run_dir / "epochs.csv").lr.tolist()
+    assert got == pytest.approx(_torch_lrs(make, 4, 1), rel=1e-9)
+
+
+def test_plateau_lowers_lr_only_after_patience(cfg_factory, tmp_path):
+    # With threshold 0.5 (relative) no epoch after the first counts as an improvement.
+    run_dir, _ = _fit(cfg_factory, tmp_path, "scheduler=plateau", "scheduler.patience=2", "scheduler.threshold=0.5",
+                      "trainer.epochs=6", "trainer.limit_batches=1")
+    ep = pd.read_csv(run_dir / "epochs.csv")
+    want = _torch_lrs(lambda o: sched.ReduceLROnPlateau(o, factor=0.5, patience=2, threshold=0.5), 6, 1,
+                      metrics=ep.test_loss.tolist())
+    assert ep.lr.tolist() == pytest.approx(want)
+    assert ep.lr.tolist()[:4] == [1e-3] * 4 and ep.lr.iloc[4] == pytest.approx(5e-4)  # epochs 2-4 bad -> cut after 4
+
+
+def test_onecycle_moves_per_step(cfg_factory, tmp_path):
+    run_dir, _ = _fit(cfg_factory, tmp_path, "scheduler=onecycle", "trainer.epochs=2", "trainer.limit_batches=3")
+    steps = pd.read_csv(run_dir / "steps.csv")
+    want = _torch_lrs(lambda o: sched.OneCycleLR(o, max_lr=1e-2, epochs=2, steps_per_epoch=3), 2, 3, per_step=True)
+    assert steps.lr.tolist() == pytest.approx(want)
+    assert len(set(steps.lr)) == 6
+
+
+def test_l2_and_weight_decay_change_training_differently(cfg_factory, tmp_path):
+    base = ["optimizer=sgd", "optimizer.lr=0.05", "trainer.epochs=1"]
+    runs = {}
+    for name, reg in [("none", ["regularization=none"]), ("l2", ["regularization=l2", "regularization.l2=0.01"]),
+                      ("wd", ["regularization=weight_decay", "regularization.weight_decay=0.02"])]:
+        d, _ = _fit(cfg_factory, tmp_path, *base, *reg, name=name)
+        runs[name] = torch.load(d / "model.pt", weights_only=True)
+    norm = {k: sum(v.float().pow(2).sum().item() for n, v in sd.items() if "weight" in n or "bias" in n)
+            for k, sd in runs.items()}
+    # Both shrink the weights against no regularization ...
+    assert norm["l2"] < norm["none"] and norm["wd"] < norm["none"]
+    # ... and for plain SGD an explicit l2*sum(w^2) penalty has gradient 2*l2*w: it equals weight_decay=2*l2.
+    for k in runs["l2"]:
+        torch.testing.assert_close(runs["l2"][k], runs["wd"][k], rtol=1e-4, atol=1e-5)
+
+
+def test_l2_is_not_adamw_decay(cfg_factory, tmp_path):
+    a, _ = _fit(cfg_factory, tmp_path, "optimizer=adamw", "regularization=l2", "trainer.epochs=1", name="l2")
+    b, _ = _fit(cfg_factory, tmp_path, "optimizer=adamw", "regularization=weight_decay",
+                "regularization.weight_decay=0.002", "trainer.epochs=1", name="wd")
+    sa, sb = (torch.load(d / "model.pt", weights_only=True) for d in (a, b))
+    assert any(not torch.allclose(sa[k], sb[k]) for k in sa if sa[k].is_floating_point())
+
+
+@pytest.mark.parametrize("override,key", [("trainer.epochs=0", "trainer.epochs"),
+                                          ("optimizer.lr=-0.1", "optimizer.lr"),
+                                          ("augment.hflip=1.5", "augment.hflip")])
+def test_bad_values_name_the_key(cfg_factory, tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        _fit(cfg_factory, tmp_path, override)
+
+
+def test_plateau_needs_eval_every_epoch(cfg_factory, tmp_path):
+    with pytest.raises(ConfigError, match="trainer.eval_every"):
+        _fit(cfg_factory, tmp_path, "scheduler=plateau", "trainer.eval_every=2")
