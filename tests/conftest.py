@@ -39,3 +39,5 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "ablate.run", *args], cwd=cwd, env=e, capture_output=True,
                           text=True, timeout=timeout)
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests import their own helpers (fakedata, rundirs)

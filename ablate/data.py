@@ -1,0 +1,265 @@
+"""Data sets as uint8 tensors in memory, read from their real on-disk formats.
+
+Every data set here fits in memory, so it is loaded once as ``uint8 [N, C, H, W]``
+tensors and batches are drawn by indexing (on the device, see ``train``), never
+by per-image PIL work. Files are read by this module with strict checks so that
+a missing, truncated or foreign file stops the run with one line naming it;
+torchvision is used only to download, and only when ``data.download=true``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.resources
+import json
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+
+from .config import one_of, require, store_schema, typed
+
+# Debian's package dataset-fashion-mnist installs the four IDX files here.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+MNIST_CLASSES = [str(i) for i in range(10)]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+SOURCES = ("embedded", "fashion_mnist", "mnist", "cifar10")
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+@dataclass
+class DatasetConf:
+    name: str = MISSING
+    source: str = MISSING
+    classes: Optional[list[int]] = None  # original label ids to keep, relabelled 0..k-1 in this order
+    mean: Optional[list[float]] = None   # per channel in [0, 1] units; None = computed from train and cached
+    std: Optional[list[float]] = None
+
+    def __post_init__(self) -> None:
+        one_of("dataset.source", self.source, SOURCES)
+        require((self.mean is None) == (self.std is None), "dataset.mean", self.mean,
+                "set dataset.mean and dataset.std together, or neither")
+        require(self.std is None or all(s > 0 for s in self.std), "dataset.std", self.std, "must be > 0")
+        require(self.classes is None or (len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)),
+                "dataset.classes", self.classes, "must list at least two distinct label ids")
+
+
+@dataclass
+class DataConf:
+    root: str = MISSING
+    download: bool = False
+
+
+store_schema("dataset", "base", DatasetConf)
+
+
+class DataError(RuntimeError):
+    """A data set is missing or damaged; the message says which file and what to do."""
+
+
+@dataclass
+class TensorData:
+    name: str
+    train_x: torch.Tensor  # uint8 [N, C, H, W]
+    train_y: torch.Tensor  # int64 [N]
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train_x.shape[2]), int(self.train_x.shape[3])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+# --------------------------------------------------------------------------- readers
+def _open(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: unreadable ({e}); delete it and fetch the data set again") from None
+
+
+def read_idx(path: Path, expected_dims: int) -> np.ndarray:
+    """An IDX file (MNIST's format) as a uint8 array, checking magic number and length."""
+    buf = _open(path)
+    fix = "delete it and fetch the data set again (data.download=true, or apt-get install dataset-fashion-mnist)"
+    if len(buf) < 4:
+        raise DataError(f"{path}: truncated IDX file ({len(buf)} bytes); {fix}")
+    zero, dtype, ndim = struct.unpack(">HBB", buf[:4])
+    if zero != 0 or dtype != 0x08 or ndim != expected_dims:
+        magic = struct.unpack(">I", buf[:4])[0]
+        want = 0x800 + expected_dims
+        raise DataError(f"{path}: wrong magic number {magic} (expected {want}: uint8 with {expected_dims} "
+                        f"dimensions); not an IDX file of this kind; {fix}")
+    header = 4 + 4 * ndim
+    if len(buf) < header:
+        raise DataError(f"{path}: truncated IDX header; {fix}")
+    dims = struct.unpack(f">{ndim}I", buf[4:header])
+    size = int(np.prod(dims))
+    if len(buf) - header != size:
+        raise DataError(f"{path}: truncated or padded IDX file: {len(buf) - header} data bytes for dimensions "
+                        f"{'x'.join(map(str, dims))} ({size} expected); {fix}")
+    return np.frombuffer(buf, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find(directory: Path, name: str) -> Optional[Path]:
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    img_name, lbl_name = IDX_FILES[split]
+    img_path, lbl_path = _find(directory, img_name), _find(directory, lbl_name)
+    x, y = read_idx(img_path, 3), read_idx(lbl_path, 1)
+    if len(x) != len(y):
+        raise DataError(f"{lbl_path}: {len(y)} labels for {len(x)} images in {img_path}; the files do not belong "
+                        "together; fetch the data set again")
+    return x[:, None], y
+
+
+def _idx_dir_complete(directory: Path) -> bool:
+    return all(_find(directory, n) for pair in IDX_FILES.values() for n in pair)
+
+
+def _load_idx(name: str, folder: str, root: Path, download: bool, extra: tuple[Path, ...] = ()) -> tuple:
+    raw = root / folder / "raw"
+    places = [raw, *extra]
+    for directory in places:
+        if _idx_dir_complete(directory):
+            return (*_idx_split(directory, "train"), *_idx_split(directory, "test"))
+    if download:
+        import torchvision
+
+        getattr(torchvision.datasets, folder)(str(root), train=True, download=True)
+        getattr(torchvision.datasets, folder)(str(root), train=False, download=True)
+        if _idx_dir_complete(raw):
+            return (*_idx_split(raw, "train"), *_idx_split(raw, "test"))
+    where = " or ".join(str(p) for p in places)
+    how = "run `apt-get install dataset-fashion-mnist`, " if extra else ""
+    raise DataError(f"{name}: not found in {where}; {how}put the four IDX files in {raw}, "
+                    "or set data.download=true (needs a network)")
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except Exception as e:
+        raise DataError(f"{path}: not a readable CIFAR-10 batch ({type(e).__name__}: {e}); delete "
+                        "cifar-10-batches-py and fetch it again (data.download=true)") from None
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    d = _unpickle(path)
+    try:
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(d[b"labels"], dtype=np.int64)
+    except (KeyError, ValueError, TypeError) as e:
+        raise DataError(f"{path}: not a CIFAR-10 batch (missing or malformed data/labels: {e}); "
+                        "fetch cifar-10-batches-py again") from None
+    if len(x) != len(y):
+        raise DataError(f"{path}: {len(y)} labels for {len(x)} images; fetch cifar-10-batches-py again")
+    return x, y
+
+
+def _load_cifar10(root: Path, download: bool) -> tuple:
+    base = root / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    if not all((base / n).is_file() for n in names) and download:
+        import torchvision
+
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    missing = [n for n in names if not (base / n).is_file()]
+    if missing:
+        raise DataError(f"cifar10: not found in {base} (missing {', '.join(missing)}); put the python-version "
+                        "batches there (cifar-10-python.tar.gz, extracted), or set data.download=true")
+    train = [_cifar_batch(base / n) for n in names[:5]]
+    tx, ty = _cifar_batch(base / "test_batch")
+    return np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), tx, ty
+
+
+def _load_embedded() -> tuple:
+    ref = importlib.resources.files("ablate") / "_data" / "fashion_mnist_mini.npz"
+    with importlib.resources.as_file(ref) as path, np.load(path) as z:
+        return z["train_x"][:, None], z["train_y"], z["test_x"][:, None], z["test_y"]
+
+
+# --------------------------------------------------------------------------- public
+def _subset(x: np.ndarray, y: np.ndarray, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    keep = np.isin(y, classes)
+    remap = np.full(int(max(y.max(), max(classes))) + 1, -1, dtype=np.int64)
+    remap[classes] = np.arange(len(classes))
+    return x[keep], remap[y[keep]]
+
+
+def _stats(name: str, classes: Optional[list[int]], x: np.ndarray, root: Path) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of the train split in [0, 1] units, cached under ``root``."""
+    key = hashlib.sha256(json.dumps([name, classes, list(x.shape)]).encode()).hexdigest()[:12]
+    cache = root / ".ablate_cache" / f"{name}-{key}-stats.json"
+    try:
+        d = json.loads(cache.read_text())
+        return d["mean"], d["std"]
+    except (OSError, ValueError, KeyError):
+        pass
+    xf = x.reshape(x.shape[0], x.shape[1], -1).astype(np.float64) / 255.0
+    mean = xf.mean(axis=(0, 2)).tolist()
+    std = xf.std(axis=(0, 2)).tolist()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"mean": mean, "std": std}))
+    except OSError:
+        pass  # read-only root: compute again next time
+    return mean, std
+
+
+def load_dataset(cfg: Any, data: Any) -> TensorData:
+    """Load the configured data set into memory as uint8 tensors (one clear DataError if it can't)."""
+    c: DatasetConf = typed(cfg, DatasetConf)
+    d: DataConf = typed(data, DataConf)
+    root = Path(d.root).expanduser()
+    if c.source == "embedded":
+        arrays, names = _load_embedded(), FASHION_CLASSES
+    elif c.source == "fashion_mnist":
+        arrays, names = _load_idx(c.name, "FashionMNIST", root, d.download, (DEBIAN_FASHION_MNIST,)), FASHION_CLASSES
+    elif c.source == "mnist":
+        arrays, names = _load_idx(c.name, "MNIST", root, d.download), MNIST_CLASSES
+    else:
+        arrays, names = _load_cifar10(root, d.download), CIFAR10_CLASSES
+    tx, ty, vx, vy = arrays
+    ty, vy = np.asarray(ty, dtype=np.int64), np.asarray(vy, dtype=np.int64)
+    if c.classes is not None:
+        bad = [k for k in c.classes if not 0 <= k < len(names)]
+        require(not bad, "dataset.classes", list(c.classes), f"label ids must be in 0..{len(names) - 1}")
+        tx, ty = _subset(tx, ty, list(c.classes))
+        vx, vy = _subset(vx, vy, list(c.classes))
+        names = [names[k] for k in c.classes]
+    if c.mean is None:
+        mean, std = _stats(c.name, c.classes, tx, root)
+    else:
+        mean, std = list(c.mean), list(c.std)
+    require(len(mean) == tx.shape[1], "dataset.mean", mean, f"needs one value per channel ({tx.shape[1]})")
+    t = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))  # noqa: E731
+    return TensorData(c.name, t(tx), t(ty), t(vx), t(vy), list(names), tuple(mean), tuple(std))

@@ -1,0 +1,110 @@
+"""Data sets load from their real on-disk formats; missing or damaged files get one clear line."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from ablate import data as D
+from ablate.data import DataError, load_dataset
+from fakedata import make_cifar10, make_mnist_like
+
+
+@pytest.fixture(autouse=True)
+def no_debian(monkeypatch, tmp_path):
+    """Tests must not see this machine's installed Fashion-MNIST."""
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+
+
+def ds(name, source, classes=None, mean=None, std=None):
+    return dict(name=name, source=source, classes=classes, mean=mean, std=std)
+
+
+def test_embedded_subset_is_real_balanced_and_offline(tmp_path):
+    d = load_dataset(ds("fashion_mnist_mini", "embedded", mean=[0.286], std=[0.353]), dict(root=str(tmp_path)))
+    assert d.train_x.shape == (6000, 1, 28, 28) and d.test_x.shape == (1000, 1, 28, 28)
+    assert d.train_x.dtype == torch.uint8 and d.train_y.dtype == torch.int64
+    assert torch.bincount(d.train_y).tolist() == [600] * 10 and torch.bincount(d.test_y).tolist() == [100] * 10
+    assert d.num_classes == 10 and d.classes[9] == "Ankle boot" and d.image_size == (28, 28)
+    # real images: Fashion-MNIST's mean pixel is about 0.286 (synthetic noise would not be)
+    assert abs(d.train_x.float().mean().item() / 255 - 0.286) < 0.02
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("source,folder", [("fashion_mnist", "FashionMNIST"), ("mnist", "MNIST")])
+def test_idx_from_root(tmp_path, source, folder, gz):
+    make_mnist_like(tmp_path, folder, n_train=40, n_test=20, gz=gz)
+    d = load_dataset(ds(source, source, mean=[0.5], std=[0.5]), dict(root=str(tmp_path)))
+    assert d.train_x.shape == (40, 1, 28, 28) and d.test_x.shape == (20, 1, 28, 28)
+    assert set(d.train_y.tolist()) == set(range(10))
+
+
+def test_fashion_mnist_falls_back_to_debian_dir(tmp_path, monkeypatch):
+    raw = make_mnist_like(tmp_path / "deb", "x", n_train=20, n_test=10, gz=True)
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", raw)
+    d = load_dataset(ds("fashion_mnist", "fashion_mnist", mean=[0.5], std=[0.5]), dict(root=str(tmp_path / "r")))
+    assert len(d.train_x) == 20
+
+
+def test_cifar10_and_cifar2_remap(tmp_path):
+    make_cifar10(tmp_path, n_per_batch=30, n_test=30)
+    full = load_dataset(ds("cifar10", "cifar10", mean=[0.5] * 3, std=[0.2] * 3), dict(root=str(tmp_path)))
+    assert full.train_x.shape == (150, 3, 32, 32) and full.num_classes == 10
+    two = load_dataset(ds("cifar2", "cifar10", classes=[0, 2]), dict(root=str(tmp_path)))
+    keep = (full.train_y == 0) | (full.train_y == 2)
+    assert torch.equal(two.train_x, full.train_x[keep])
+    assert torch.equal(two.train_y, (full.train_y[keep] == 2).long())  # airplane -> 0, bird -> 1
+    assert two.classes == ["airplane", "bird"]
+
+
+def test_mean_std_computed_and_cached(tmp_path):
+    make_cifar10(tmp_path)
+    cfg, root = ds("cifar2", "cifar10", classes=[0, 2]), dict(root=str(tmp_path))
+    d = load_dataset(cfg, root)
+    x = d.train_x.double() / 255
+    assert d.mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist())
+    assert d.std == pytest.approx(x.std(dim=(0, 2, 3), unbiased=False).tolist())
+    cache = list((tmp_path / ".ablate_cache").glob("cifar2-*-stats.json"))
+    assert len(cache) == 1
+    cache[0].write_text('{"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}')  # a second load reads the cache
+    assert load_dataset(cfg, root).mean == (0.1, 0.2, 0.3)
+
+
+@pytest.mark.parametrize("source,folder,look", [("fashion_mnist", "FashionMNIST", "dataset-fashion-mnist"),
+                                                ("mnist", "MNIST", "data.download=true"),
+                                                ("cifar10", None, "data.download=true")])
+def test_missing_data_set_says_where_and_how(tmp_path, source, folder, look):
+    with pytest.raises(DataError) as e:
+        load_dataset(ds(source, source, mean=[0.5], std=[0.5]), dict(root=str(tmp_path)))
+    msg = str(e.value)
+    assert "\n" not in msg and source in msg and str(tmp_path) in msg and look in msg
+
+
+def test_truncated_idx_names_the_file(tmp_path):
+    raw = make_mnist_like(tmp_path, "MNIST")
+    f = raw / "train-images-idx3-ubyte"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: truncated"):
+        load_dataset(ds("mnist", "mnist", mean=[0.5], std=[0.5]), dict(root=str(tmp_path)))
+
+
+def test_wrong_magic_names_the_file(tmp_path):
+    raw = make_mnist_like(tmp_path, "MNIST")
+    f = raw / "t10k-labels-idx1-ubyte"
+    f.write_bytes(b"\x00\x00\x08\x03" + f.read_bytes()[4:])
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: wrong magic number 2051"):
+        load_dataset(ds("mnist", "mnist", mean=[0.5], std=[0.5]), dict(root=str(tmp_path)))
+
+
+def test_bad_pickle_names_the_file(tmp_path):
+    base = make_cifar10(tmp_path)
+    (base / "data_batch_3").write_bytes(b"\x80\x04 this is not a pickle")
+    with pytest.raises(DataError, match=r"data_batch_3: not a readable CIFAR-10 batch"):
+        load_dataset(ds("cifar10", "cifar10", mean=[0.5] * 3, std=[0.2] * 3), dict(root=str(tmp_path)))
+    with open(base / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": np.zeros((3, 5), np.uint8), b"labels": [0, 1, 2]}, f)
+    with pytest.raises(DataError, match=r"data_batch_3: not a CIFAR-10 batch"):
+        load_dataset(ds("cifar10", "cifar10", mean=[0.5] * 3, std=[0.2] * 3), dict(root=str(tmp_path)))
