@@ -129,6 +129,8 @@ def _register_resolvers() -> None:
     for name, fn in {
         "ablate_subdir": _subdir,
         "multiply": lambda a, b: float(a) * float(b),
+        # hydra.output_subdir: a dry run writes no .hydra/, so it never touches a real run's record.
+        "ablate_hydra_subdir": lambda dry_run: None if dry_run else ".hydra",
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

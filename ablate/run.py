@@ -32,6 +32,7 @@ from .train import fit, release  # also registers every group's schema before Hy
 log = logging.getLogger("ablate")
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "augment", "regularization", "trainer")
+PRESETS = ("experiment", "variant", "hparams_search")  # preset groups whose choice is recorded too
 # Keys that change neither what a run computes nor its results: not part of its identity.
 NOT_IDENTITY = {("trainer", "fail_fast"), ("trainer", "log_every"), ("trainer", "failure_value")}
 
@@ -47,7 +48,7 @@ def config_hash(cfg: DictConfig) -> str:
 
 def _job_info() -> tuple[Path, list[str], dict[str, Any], bool]:
     hc = HydraConfig.get()
-    choices = {k: v for k, v in hc.runtime.choices.items() if k in GROUPS or k == "experiment"}
+    choices = {k: v for k, v in hc.runtime.choices.items() if k in GROUPS or k in PRESETS}
     return Path(hc.runtime.output_dir), list(hc.overrides.task), choices, hc.mode == RunMode.MULTIRUN
 
 
@@ -69,12 +70,28 @@ def _claim_run_dir(run_dir: Path, h: str) -> tuple[Path, dict | None]:
     return new, files.read_json(new / files.SUMMARY_JSON)
 
 
+def _print_dry_run(run_dir: Path, overrides: list[str], h: str) -> None:
+    """One line per job: its overrides, its run dir and what a real launch would do there."""
+    shown = " ".join(o for o in overrides if o.lstrip("+~").split("=")[0] != "dry_run") or "(no overrides)"
+    prev = files.read_json(run_dir / files.SUMMARY_JSON)
+    if prev is None:
+        what = "new"
+    elif prev.get("config_hash") != h:
+        what = f"holds another config: would run in {run_dir.name}~{h[:8]}"
+    elif prev.get("status") in ("completed", "diverged"):
+        what = f"already {prev['status']}: would skip"
+    else:
+        what = f"{prev.get('status')} after {prev.get('epochs_done') or 0} epoch(s): would resume"
+    num = HydraConfig.get().job.get("num")
+    print(f"[dry run]{'' if num is None else f' #{num}'} {shown} -> {run_dir} ({what})", flush=True)
+
+
 def run(cfg: DictConfig) -> float:
     """Train (or skip, or resume) the run Hydra composed; return its final test accuracy."""
     run_dir, overrides, choices, multirun = _job_info()
     h = config_hash(cfg)
     if cfg.get("dry_run"):
-        print(f"[dry run] {' '.join(overrides) or '(no overrides)'} -> {run_dir}")
+        _print_dry_run(run_dir, overrides, h)
         return 0.0
     run_dir, prev = _claim_run_dir(run_dir, h)
     if prev is not None and prev.get("status") in ("completed", "diverged"):
