@@ -1,0 +1,47 @@
+"""Hydra callbacks (registered in ``conf/config.yaml`` under ``hydra.callbacks``).
+
+Import-light on purpose: Hydra instantiates callbacks in the launching process,
+which must never import torch or initialise CUDA, so the report (pandas,
+matplotlib) is imported only when a sweep ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("ablate")
+
+
+class ReportCallback(Callback):
+    """Write ``<sweep dir>/report/`` when a multirun ends, and say where the runs and report are.
+
+    Hydra 1.3 skips ``on_multirun_end`` when a job raised, so the start hook also
+    prints the command that builds the same report from the run directories."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            sweep = Path(config.hydra.sweep.dir)
+            print(f"Sweep: {sweep}/ (report at the end, or any time: python -m ablate.report {sweep})", flush=True)
+        except Exception as e:  # noqa: BLE001  (a callback must never stop the sweep)
+            log.warning("report callback: %s", e)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            sweep = Path(config.hydra.sweep.dir)
+            from . import report  # lazy: pandas and matplotlib only now
+
+            knobs = config.get("report")
+            knobs = OmegaConf.to_container(knobs, resolve=True) if isinstance(knobs, DictConfig) else {}
+            runs = report.find_runs(sweep)
+            print(f"Runs: {len(runs)} job dir(s) in {sweep}/", flush=True)
+            path = report.make_report([sweep], **{k: v for k, v in knobs.items()
+                                                  if k in report.ReportConf.__dataclass_fields__})
+            print(f"Report: {path}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            log.warning("report callback: no report written (%s: %s); run python -m ablate.report %s",
+                        type(e).__name__, e, config.hydra.sweep.dir if "hydra" in config else "SWEEP_DIR")
