@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import files
+from . import files, report  # noqa: F401  (report registers schema/report/base)
 from .config import ConfigError
 from .data import DataError
 from .train import fit, release  # also registers every group's schema before Hydra composes

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import ablate.train  # noqa: F401  (registers every schema before composing)
+import ablate.run  # noqa: F401  (registers every schema before composing)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
