@@ -31,6 +31,9 @@ class ReportCallback(Callback):
             log.warning("report callback: %s", e)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("dry_run"):
+            print("Dry run: nothing was trained, no report written.", flush=True)
+            return
         try:
             sweep = Path(config.hydra.sweep.dir)
             from . import report  # lazy: pandas and matplotlib only now

@@ -1,0 +1,223 @@
+"""Launchers, sweepers, the dry run and the experiment presets, end to end through the CLI.
+
+Each test starts ``python -m ablate.run -m ...`` on tiny settings (one or two batches)
+and checks the job dirs, their ``summary.json`` and the report built from them. The
+plugin tests skip when the optional extra (``launchers``, ``optuna``) is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, make_cfg, run_cli
+
+from ablate import report
+from ablate.run import config_hash
+
+pytestmark = pytest.mark.slow
+
+TINY = ["trainer.epochs=1", "trainer.limit_batches=2", "trainer.batch_size=32", "trainer.limit_eval_batches=1",
+        "model=lenet"]
+ONE_BATCH = ["trainer.epochs=1", "trainer.limit_batches=1", "trainer.limit_eval_batches=1"]
+
+
+def _summaries(sweep: Path) -> dict[str, dict]:
+    """Job dir name -> summary.json, for every job dir of a sweep."""
+    return {d.name: json.loads((d / "summary.json").read_text())
+            for d in sorted(sweep.iterdir()) if (d / "summary.json").exists()}
+
+
+def _report_rows(sweep: Path) -> pd.DataFrame:
+    """The rows of the report the end-of-sweep callback wrote."""
+    csv = sweep / "report" / "summary.csv"
+    assert csv.exists(), f"no report in {sweep}"
+    return pd.read_csv(csv)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def test_joblib_runs_two_jobs_at_once_and_the_report_merges_them(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    out = _ok(run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "scheduler=step,cosine", *TINY,
+                       f"hydra.sweep.dir={sweep}", f"data.root={tmp_path / 'data'}"], cwd=tmp_path))
+    assert "n_jobs=2" in out and "launching 2 jobs" in out
+    runs = _summaries(sweep)
+    assert sorted(runs) == [f"model=lenet,scheduler={s},trainer.batch_size=32,trainer.epochs=1,"
+                            "trainer.limit_batches=2,trainer.limit_eval_batches=1" for s in ("cosine", "step")]
+    assert {r["status"] for r in runs.values()} == {"completed"}
+    rows = _report_rows(sweep)
+    assert len(rows) == 2 and set(rows["status"]) == {"completed"}
+    assert set(rows["scheduler"]) == {"step", "cosine"}
+
+
+def test_submitit_local_runs_a_sweep_and_the_report_reads_it(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    _ok(run_cli(["-m", "hydra/launcher=submitit_local", "scheduler=step,cosine", *TINY,
+                 f"hydra.sweep.dir={sweep}", f"data.root={tmp_path / 'data'}"], cwd=tmp_path))
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # two real submitit jobs
+    runs = _summaries(sweep)
+    assert len(runs) == 2 and {r["status"] for r in runs.values()} == {"completed"}
+    rows = _report_rows(sweep)  # .submitit/ is not mistaken for a run
+    assert len(rows) == 2 and set(rows["status"]) == {"completed"}
+
+
+def _cli_env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                HYDRA_FULL_ERROR="0", MPLBACKEND="Agg")
+
+
+def test_submitit_job_preempted_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
+    """What SLURM does on preemption, through submitit's local executor: USR2, checkpoint, requeue."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, "-m", "ablate.run", "-m", "hydra/launcher=submitit_local", "model=cnn3",
+            "trainer.epochs=5", "trainer.limit_batches=10", "trainer.batch_size=32", "trainer.limit_eval_batches=1",
+            f"hydra.sweep.dir={sweep}", f"data.root={tmp_path / 'data'}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(sweep.glob("*/checkpoint.pt")):  # epoch 1 is done and saved
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.05)
+        (job,) = [d for d in (sweep / ".submitit").iterdir() if d.name.isdigit()]  # the controller's pid
+        (task,) = Path(f"/proc/{job.name}/task/{job.name}/children").read_text().split()
+        os.kill(int(task), signal.SIGUSR2)  # submitit's preemption / near-timeout signal
+        out = proc.communicate(timeout=240)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    (run_dir,) = [d for d in sweep.iterdir() if (d / "summary.json").exists()]
+    assert "this job is preempted" in (job / f"{job.name}_0_log.err").read_text()
+    assert "resuming" in (run_dir / "run.log").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_done"] == 5
+    epochs = pd.read_csv(run_dir / "epochs.csv")["epoch"].tolist()
+    assert epochs == [1, 2, 3, 4, 5]  # no epoch lost or repeated
+
+
+def test_optuna_study_survives_a_failing_trial_and_the_report_reads_it(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    # The preset, with Optuna's grid sampler so that all three trials, one of them failing, are certain.
+    out = _ok(run_cli(["-m", "hparams_search=cnn3_cosine", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=3",
+                       "optimizer.lr=choice(0.001,0.003,-1.0)", "regularization.weight_decay=choice(0.0)", *TINY,
+                       f"hydra.sweep.dir={sweep}", f"data.root={tmp_path / 'data'}"], cwd=tmp_path))
+    assert "Failed experiment" not in out
+    runs = _summaries(sweep)
+    assert len(runs) == 3
+    failed = [r for r in runs.values() if r["status"] == "failed"]
+    assert len(failed) == 1 and "optimizer.lr=-1.0" in failed[0]["error"]
+    assert sum(r["status"] == "completed" for r in runs.values()) == 2
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_params"]["optimizer.lr"] in (0.001, 0.003)
+    rows = _report_rows(sweep)
+    assert len(rows) == 3 and sorted(rows["status"]) == ["completed", "completed", "failed"]
+
+
+def test_dry_run_lists_every_job_and_trains_nothing(tmp_path):
+    sweep = tmp_path / "sweep"
+    # One run of the grid already done: the dry run says a relaunch would skip it.
+    done = sweep / "experiment=homework,model=lenet,scheduler=step,trainer.seed=1"
+    done.mkdir(parents=True)
+    h = config_hash(make_cfg(["experiment=homework", "model=lenet", "scheduler=step", "trainer.seed=1"], tiny=False))
+    (done / "summary.json").write_text(json.dumps({"status": "completed", "config_hash": h}))
+    out = _ok(run_cli(["-m", "experiment=homework", "dry_run=true", f"hydra.sweep.dir={sweep}"], cwd=tmp_path))
+    lines = [ln for ln in out.splitlines() if ln.startswith("[dry run]")]
+    assert len(lines) == 4 * 3 * 3
+    dirs = {ln.split(" -> ")[1].rsplit(" (", 1)[0] for ln in lines}
+    assert len(dirs) == 36 and all(Path(d).parent == sweep for d in dirs)
+    assert str(sweep / "experiment=homework,model=cnn3,scheduler=onecycle,trainer.seed=2") in dirs
+    assert sum("would skip" in ln for ln in lines) == 1 and sum("(new)" in ln for ln in lines) == 35
+    assert all("dry_run" not in ln.split(" -> ")[0] for ln in lines)
+    # Nothing trained, no Hydra record written, no report.
+    assert not list(sweep.rglob(".hydra")) and not list(sweep.rglob("epochs.csv"))
+    assert sorted(p.name for p in sweep.rglob("summary.json")) == ["summary.json"]
+    assert not (sweep / "report").exists()
+
+
+@pytest.fixture
+def fake_data(tmp_path):
+    """CIFAR-10, MNIST and Fashion-MNIST in their on-disk formats, a few images each."""
+    from fakedata import make_cifar10, make_mnist_like
+
+    root = tmp_path / "data"
+    make_cifar10(root, n_per_batch=40, n_test=40)
+    make_mnist_like(root, "MNIST")
+    make_mnist_like(root, "FashionMNIST")  # found before Debian's /usr/share/datasets copy
+    return root
+
+
+def _config(run: dict, key: str):
+    node = run["config"]
+    for k in key.split("."):
+        node = node[k]
+    return node
+
+
+def test_every_experiment_preset_runs_one_batch_and_the_report_merges_them(tmp_path, fake_data):
+    base = [*ONE_BATCH, f"data.root={fake_data}", "~hydra.callbacks.report"]  # one merged report at the end
+    single = tmp_path / "single"  # the one-run presets, as one sweep
+    _ok(run_cli(["-m", "experiment=cifar10_cnn,mnist_simple_cnn,lenet_fashion", *base,
+                 f"hydra.sweep.dir={single}"], cwd=tmp_path))
+    sweeps = {"single": single}
+    for name, extra in {"cifar10_schedulers": [], "birds_vs_planes": [],
+                        "homework": ["trainer.seed=0"]}.items():  # homework's 3 seeds: see the dry run test
+        sweeps[name] = tmp_path / name
+        _ok(run_cli(["-m", f"experiment={name}", *base, *extra, f"hydra.sweep.dir={sweeps[name]}"], cwd=tmp_path))
+
+    runs = {k: _summaries(v) for k, v in sweeps.items()}
+    assert [len(runs[k]) for k in sweeps] == [3, 4, 8, 12]
+    for group in runs.values():
+        for name, r in group.items():
+            assert r["status"] == "completed", (name, r.get("error"))
+            assert r["choices"]["experiment"] in name
+
+    def one(group: str, experiment: str) -> dict:
+        (r,) = [r for n, r in runs[group].items() if n.startswith(f"experiment={experiment}")]
+        return r
+
+    cifar = one("single", "cifar10_cnn")
+    assert (cifar["choices"]["model"], cifar["choices"]["augment"], cifar["choices"]["dataset"]) == (
+        "cnn3", "tutorial", "cifar10")
+    assert (_config(cifar, "optimizer.name"), _config(cifar, "optimizer.lr"), _config(cifar, "trainer.batch_size"),
+            _config(cifar, "scheduler.T_max"), _config(cifar, "scheduler.eta_min")) == ("adam", 1e-3, 64, 10, 1e-5)
+    mnist = one("single", "mnist_simple_cnn")
+    assert (_config(mnist, "dataset.mean"), _config(mnist, "dataset.std"), _config(mnist, "optimizer.lr"),
+            _config(mnist, "model.name")) == ([0.5], [0.5], 1e-3, "simple_cnn")
+    lenet = one("single", "lenet_fashion")
+    assert (_config(lenet, "optimizer.lr"), _config(lenet, "optimizer.momentum"), _config(lenet, "trainer.batch_size"),
+            _config(lenet, "model.init"), _config(lenet, "augment.name")) == (0.9, 0.0, 256, "xavier_uniform", "none")
+    assert {r["choices"]["scheduler"] for r in runs["cifar10_schedulers"].values()} == {
+        "step", "exponential", "cosine_t10", "plateau"}
+    birds = runs["birds_vs_planes"]
+    assert {(r["choices"]["variant"], r["choices"]["regularization"]) for r in birds.values()} == {
+        (v, g) for v in ("base", "width", "dropout", "batchnorm") for g in ("none", "l2")}
+    (bn,) = [r for r in birds.values() if (r["choices"]["variant"], r["choices"]["regularization"]) == (
+        "batchnorm", "l2")]
+    assert (_config(bn, "model.n_channel"), _config(bn, "model.batchnorm"), _config(bn, "regularization.l2"),
+            _config(bn, "optimizer.momentum"), _config(bn, "optimizer.lr")) == (32, True, 0.001, 0.0, 0.01)
+    assert {(r["choices"]["scheduler"], r["choices"]["model"]) for r in runs["homework"].values()} == {
+        (s, m) for s in ("step", "cosine", "plateau", "onecycle") for m in ("lenet", "simple_cnn", "cnn3")}
+
+    # One report over all four sweeps.
+    out = tmp_path / "merged"
+    assert report.main([*map(str, sweeps.values()), "--out", str(out)]) == 0
+    rows = pd.read_csv(out / "summary.csv")
+    assert len(rows) == 3 + 4 + 8 + 12 and set(rows["status"]) == {"completed"}
