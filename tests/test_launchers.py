@@ -221,3 +221,46 @@ def test_every_experiment_preset_runs_one_batch_and_the_report_merges_them(tmp_p
     assert report.main([*map(str, sweeps.values()), "--out", str(out)]) == 0
     rows = pd.read_csv(out / "summary.csv")
     assert len(rows) == 3 + 4 + 8 + 12 and set(rows["status"]) == {"completed"}
+
+
+def test_slurm_preset_reaches_sbatch_and_a_requeue_reruns_the_same_job(tmp_path, monkeypatch):
+    """No cluster here: the real launcher runs up to submission, and the sbatch script it would send is checked."""
+    submitit = pytest.importorskip("submitit")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                           f"hydra.sweep.dir={tmp_path}", "hydra.job.name=run"],
+                      return_hydra_config=True)
+
+    class Submitted(Exception):
+        pass
+
+    captured = {}
+
+    def map_array(executor, fn, *args):
+        captured.update(executor=executor._executor, fn=fn, args=args)
+        raise Submitted
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # "srun exists"
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", map_array)
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.config = cfg
+    with pytest.raises(Submitted):
+        launcher.launch([["scheduler=step"], ["scheduler=cosine"]], initial_job_idx=0)
+    ex = captured["executor"]
+    script = _make_sbatch_string(command="python -u -m submitit.core._submit", folder=tmp_path, map_count=20,
+                                 **ex.parameters)
+    for line in ("--partition=gpu", "--time=240", "--gpus-per-task=1", "--cpus-per-task=8", "--mem=32GB",
+                 "--signal=USR2@120", "--array=0-19%16"):
+        assert f"#SBATCH {line}" in script, line
+    assert ex.max_num_timeout == 3 and str(ex.folder).startswith(str(tmp_path / ".submitit"))
+    # On preemption or timeout submitit calls checkpoint(): the same launcher and job arguments are
+    # resubmitted, so the job gets the same overrides, hence the same run dir, and resumes there.
+    job_args = [a[0] for a in captured["args"]]
+    delayed = launcher.checkpoint(*job_args)
+    assert delayed.function is launcher and delayed.args == tuple(job_args)
+    assert delayed.args[0] == ["scheduler=step"]
