@@ -15,6 +15,7 @@ import importlib.resources
 import json
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -50,6 +51,8 @@ class DatasetConf:
         require((self.mean is None) == (self.std is None), "dataset.mean", self.mean,
                 "set dataset.mean and dataset.std together, or neither")
         require(self.std is None or all(s > 0 for s in self.std), "dataset.std", self.std, "must be > 0")
+        require(self.mean is None or len(self.mean) == len(self.std), "dataset.std", self.std,
+                "needs as many values as dataset.mean (one per channel)")
         require(self.classes is None or (len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)),
                 "dataset.classes", self.classes, "must list at least two distinct label ids")
 
@@ -96,7 +99,7 @@ def _open(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
         return gzip.decompress(raw) if path.suffix == ".gz" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: unreadable ({e}); delete it and fetch the data set again") from None
 
 
@@ -130,6 +133,13 @@ def _find(directory: Path, name: str) -> Optional[Path]:
     return None
 
 
+def _check_labels(path: Path, y: np.ndarray, n_classes: int = 10) -> None:
+    # A stray label would only surface later as an opaque (CUDA) assert in the loss.
+    if len(y) and int(y.max()) >= n_classes:
+        raise DataError(f"{path}: label {int(y.max())} out of range 0..{n_classes - 1}; the file is damaged or "
+                        "foreign; fetch the data set again")
+
+
 def _idx_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     img_name, lbl_name = IDX_FILES[split]
     img_path, lbl_path = _find(directory, img_name), _find(directory, lbl_name)
@@ -137,7 +147,20 @@ def _idx_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     if len(x) != len(y):
         raise DataError(f"{lbl_path}: {len(y)} labels for {len(x)} images in {img_path}; the files do not belong "
                         "together; fetch the data set again")
+    _check_labels(lbl_path, y)
     return x[:, None], y
+
+
+def _download(name: str, cls: str, root: Path) -> None:
+    """torchvision fetches the files (all splits in one call); we read them ourselves."""
+    import torchvision
+
+    try:
+        getattr(torchvision.datasets, cls)(str(root), train=True, download=True)
+    except Exception as e:  # no network, bad checksum, full disk: one line, not a urllib traceback
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"{name}: download into {root} failed ({type(e).__name__}: {msg}); "
+                        "check the network or put the files there yourself") from None
 
 
 def _idx_dir_complete(directory: Path) -> bool:
@@ -151,10 +174,7 @@ def _load_idx(name: str, folder: str, root: Path, download: bool, extra: tuple[P
         if _idx_dir_complete(directory):
             return (*_idx_split(directory, "train"), *_idx_split(directory, "test"))
     if download:
-        import torchvision
-
-        getattr(torchvision.datasets, folder)(str(root), train=True, download=True)
-        getattr(torchvision.datasets, folder)(str(root), train=False, download=True)
+        _download(name, folder, root)
         if _idx_dir_complete(raw):
             return (*_idx_split(raw, "train"), *_idx_split(raw, "test"))
     where = " or ".join(str(p) for p in places)
@@ -182,20 +202,19 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
                         "fetch cifar-10-batches-py again") from None
     if len(x) != len(y):
         raise DataError(f"{path}: {len(y)} labels for {len(x)} images; fetch cifar-10-batches-py again")
+    _check_labels(path, y)
     return x, y
 
 
-def _load_cifar10(root: Path, download: bool) -> tuple:
+def _load_cifar10(name: str, root: Path, download: bool) -> tuple:
     base = root / "cifar-10-batches-py"
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     if not all((base / n).is_file() for n in names) and download:
-        import torchvision
-
-        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        _download(name, "CIFAR10", root)
     missing = [n for n in names if not (base / n).is_file()]
     if missing:
-        raise DataError(f"cifar10: not found in {base} (missing {', '.join(missing)}); put the python-version "
-                        "batches there (cifar-10-python.tar.gz, extracted), or set data.download=true")
+        raise DataError(f"{name}: CIFAR-10 not found in {base} (missing {', '.join(missing)}); put the "
+                        "python-version batches there (cifar-10-python.tar.gz, extracted), or set data.download=true")
     train = [_cifar_batch(base / n) for n in names[:5]]
     tx, ty = _cifar_batch(base / "test_batch")
     return np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), tx, ty
@@ -203,8 +222,12 @@ def _load_cifar10(root: Path, download: bool) -> tuple:
 
 def _load_embedded() -> tuple:
     ref = importlib.resources.files("ablate") / "_data" / "fashion_mnist_mini.npz"
-    with importlib.resources.as_file(ref) as path, np.load(path) as z:
-        return z["train_x"][:, None], z["train_y"], z["test_x"][:, None], z["test_y"]
+    try:
+        with importlib.resources.as_file(ref) as path, np.load(path) as z:
+            return z["train_x"][:, None], z["train_y"], z["test_x"][:, None], z["test_y"]
+    except (OSError, KeyError, ValueError, zlib.error) as e:
+        raise DataError(f"embedded: {ref} missing or damaged ({type(e).__name__}); reinstall ablate, or rebuild it "
+                        "with `python scripts/make_fashion_mnist_mini.py`") from None
 
 
 # --------------------------------------------------------------------------- public
@@ -224,9 +247,15 @@ def _stats(name: str, classes: Optional[list[int]], x: np.ndarray, root: Path) -
         return d["mean"], d["std"]
     except (OSError, ValueError, KeyError):
         pass
-    xf = x.reshape(x.shape[0], x.shape[1], -1).astype(np.float64) / 255.0
-    mean = xf.mean(axis=(0, 2)).tolist()
-    std = xf.std(axis=(0, 2)).tolist()
+    # A 256-bin histogram per channel: exact float64 moments without a float copy of the images
+    # (a float64 copy of CIFAR-10's train split would be 1.2 GB).
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    mean, std = [], []
+    for ch in range(x.shape[1]):
+        counts = np.bincount(x[:, ch].ravel(), minlength=256).astype(np.float64)
+        m = float(counts @ levels / counts.sum())
+        mean.append(m)
+        std.append(float(np.sqrt(counts @ (levels - m) ** 2 / counts.sum())))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"mean": mean, "std": std}))
@@ -247,7 +276,7 @@ def load_dataset(cfg: Any, data: Any) -> TensorData:
     elif c.source == "mnist":
         arrays, names = _load_idx(c.name, "MNIST", root, d.download), MNIST_CLASSES
     else:
-        arrays, names = _load_cifar10(root, d.download), CIFAR10_CLASSES
+        arrays, names = _load_cifar10(c.name, root, d.download), CIFAR10_CLASSES
     tx, ty, vx, vy = arrays
     ty, vy = np.asarray(ty, dtype=np.int64), np.asarray(vy, dtype=np.int64)
     if c.classes is not None:
@@ -262,4 +291,5 @@ def load_dataset(cfg: Any, data: Any) -> TensorData:
         mean, std = list(c.mean), list(c.std)
     require(len(mean) == tx.shape[1], "dataset.mean", mean, f"needs one value per channel ({tx.shape[1]})")
     t = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))  # noqa: E731
-    return TensorData(c.name, t(tx), t(ty), t(vx), t(vy), list(names), tuple(mean), tuple(std))
+    return TensorData(c.name, t(tx), t(ty), t(vx), t(vy), list(names), tuple(map(float, mean)),
+                      tuple(map(float, std)))

@@ -10,7 +10,7 @@ import torch
 
 from ablate import data as D
 from ablate.data import DataError, load_dataset
-from fakedata import make_cifar10, make_mnist_like
+from fakedata import make_cifar10, make_mnist_like, write_idx
 
 
 @pytest.fixture(autouse=True)
@@ -108,3 +108,41 @@ def test_bad_pickle_names_the_file(tmp_path):
         pickle.dump({b"data": np.zeros((3, 5), np.uint8), b"labels": [0, 1, 2]}, f)
     with pytest.raises(DataError, match=r"data_batch_3: not a CIFAR-10 batch"):
         load_dataset(ds("cifar10", "cifar10", mean=[0.5] * 3, std=[0.2] * 3), dict(root=str(tmp_path)))
+
+
+def test_downloads_only_when_asked_and_failure_is_one_line(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+
+    def fake_mnist(root, train, download):  # stands in for the network: writes the files torchvision would
+        calls.append(download)
+        make_mnist_like(tmp_path, "MNIST", n_train=20, n_test=10, gz=True)
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", fake_mnist)
+    cfg = ds("mnist", "mnist", mean=[0.5], std=[0.5])
+    with pytest.raises(DataError, match="data.download=true"):
+        load_dataset(cfg, dict(root=str(tmp_path), download=False))
+    assert calls == []
+    assert len(load_dataset(cfg, dict(root=str(tmp_path), download=True)).train_x) == 20 and calls == [True]
+
+    def offline(root, train, download):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://...")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DataError) as e:
+        load_dataset(ds("cifar2", "cifar10", classes=[0, 2]), dict(root=str(tmp_path), download=True))
+    assert "\n" not in str(e.value) and "cifar2: download into" in str(e.value)
+
+
+def test_corrupt_gzip_and_stray_labels_name_the_file(tmp_path):
+    raw = make_mnist_like(tmp_path, "MNIST", gz=True)
+    cfg, root = ds("mnist", "mnist", mean=[0.5], std=[0.5]), dict(root=str(tmp_path))
+    f = raw / "train-labels-idx1-ubyte.gz"
+    good = f.read_bytes()
+    f.write_bytes(good[:12] + b"\xff" * (len(good) - 12))
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz: unreadable"):
+        load_dataset(cfg, root)
+    write_idx(raw, "train", np.zeros((4, 28, 28), np.uint8), np.array([0, 1, 2, 200]), gz=True)
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz: label 200 out of range"):
+        load_dataset(cfg, root)
