@@ -133,23 +133,41 @@ def test_optuna_study_survives_a_failing_trial_and_the_report_reads_it(tmp_path)
 
 def test_dry_run_lists_every_job_and_trains_nothing(tmp_path):
     sweep = tmp_path / "sweep"
-    # One run of the grid already done: the dry run says a relaunch would skip it.
-    done = sweep / "experiment=homework,model=lenet,scheduler=step,trainer.seed=1"
-    done.mkdir(parents=True)
-    h = config_hash(make_cfg(["experiment=homework", "model=lenet", "scheduler=step", "trainer.seed=1"], tiny=False))
-    (done / "summary.json").write_text(json.dumps({"status": "completed", "config_hash": h}))
-    out = _ok(run_cli(["-m", "experiment=homework", "dry_run=true", f"hydra.sweep.dir={sweep}"], cwd=tmp_path))
+    # Two runs of the grid already launched: the dry run says what a relaunch would do with them.
+    for overrides, state in ((["regularization=l2", "variant=dropout"], {"status": "completed"}),
+                             (["regularization=none", "variant=base"], {"status": "running", "epochs_done": 3})):
+        d = sweep / ",".join(["experiment=birds_vs_planes", *overrides])
+        d.mkdir(parents=True)
+        h = config_hash(make_cfg(["experiment=birds_vs_planes", *overrides], tiny=False))
+        (d / "summary.json").write_text(json.dumps({**state, "config_hash": h}))
+    out = _ok(run_cli(["-m", "experiment=birds_vs_planes", "dry_run=true", f"hydra.sweep.dir={sweep}"],
+                      cwd=tmp_path))
     lines = [ln for ln in out.splitlines() if ln.startswith("[dry run]")]
-    assert len(lines) == 4 * 3 * 3
+    assert len(lines) == 4 * 2
     dirs = {ln.split(" -> ")[1].rsplit(" (", 1)[0] for ln in lines}
-    assert len(dirs) == 36 and all(Path(d).parent == sweep for d in dirs)
-    assert str(sweep / "experiment=homework,model=cnn3,scheduler=onecycle,trainer.seed=2") in dirs
-    assert sum("would skip" in ln for ln in lines) == 1 and sum("(new)" in ln for ln in lines) == 35
+    assert len(dirs) == 8 and all(Path(d).parent == sweep for d in dirs)
+    assert str(sweep / "experiment=birds_vs_planes,regularization=l2,variant=batchnorm") in dirs
+    assert sum(ln.endswith("(already completed: would skip)") for ln in lines) == 1
+    assert sum(ln.endswith("(running after 3 epoch(s): would resume)") for ln in lines) == 1
+    assert sum(ln.endswith("(new)") for ln in lines) == 6
     assert all("dry_run" not in ln.split(" -> ")[0] for ln in lines)
     # Nothing trained, no Hydra record written, no report.
     assert not list(sweep.rglob(".hydra")) and not list(sweep.rglob("epochs.csv"))
-    assert sorted(p.name for p in sweep.rglob("summary.json")) == ["summary.json"]
+    assert len(list(sweep.rglob("summary.json"))) == 2
     assert not (sweep / "report").exists()
+    assert "Dry run: nothing was trained" in out
+
+
+def test_homework_grid_is_36_runs():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=homework"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert {k: v.split(",") for k, v in params.items()} == {
+        "scheduler": ["step", "cosine", "plateau", "onecycle"], "model": ["lenet", "simple_cnn", "cnn3"],
+        "trainer.seed": ["0", "1", "2"]}
+    assert cfg.dataset.name == "fashion_mnist"
 
 
 @pytest.fixture
@@ -178,7 +196,7 @@ def test_every_experiment_preset_runs_one_batch_and_the_report_merges_them(tmp_p
                  f"hydra.sweep.dir={single}"], cwd=tmp_path))
     sweeps = {"single": single}
     for name, extra in {"cifar10_schedulers": [], "birds_vs_planes": [],
-                        "homework": ["trainer.seed=0"]}.items():  # homework's 3 seeds: see the dry run test
+                        "homework": ["trainer.seed=0"]}.items():  # its 3 seeds: test_homework_grid_is_36_runs
         sweeps[name] = tmp_path / name
         _ok(run_cli(["-m", f"experiment={name}", *base, *extra, f"hydra.sweep.dir={sweeps[name]}"], cwd=tmp_path))
 
