@@ -42,6 +42,16 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete temporary files a killed writer left in ``run_dir`` (the real files are untouched)."""
+    gone = []
+    for name in (SUMMARY_JSON, CHECKPOINT, MODEL, EPOCHS_CSV, STEPS_CSV):
+        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     _atomic(path, lambda f: f.write(data))
 

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import files, report  # noqa: F401  (report registers schema/report/base)
 from .config import ConfigError
 from .data import DataError
-from .train import fit, release  # also registers every group's schema before Hydra composes
+from .train import CheckpointError, fit, release  # also registers every group's schema before Hydra composes
 
 log = logging.getLogger("ablate")
 
@@ -56,18 +56,37 @@ def _claim_run_dir(run_dir: Path, h: str) -> tuple[Path, dict | None]:
     """The directory this config's results belong in, and its earlier summary if any.
 
     A directory holding results of a *different* config (the YAML changed since)
-    is left alone: this run gets a sibling named with its config hash."""
+    is left alone: this run gets a sibling named with its config hash, and the
+    old directory gets back the config record Hydra just overwrote."""
     prev = files.read_json(run_dir / files.SUMMARY_JSON)
     if prev is None or prev.get("config_hash") == h:
         return run_dir, prev
     new = run_dir.with_name(f"{run_dir.name}~{h[:8]}")
     new.mkdir(parents=True, exist_ok=True)
-    if (run_dir / ".hydra").is_dir():
-        shutil.copytree(run_dir / ".hydra", new / ".hydra", dirs_exist_ok=True)
+    hyd = run_dir / ".hydra"
+    if hyd.is_dir():
+        shutil.copytree(hyd, new / ".hydra", dirs_exist_ok=True)
+        if prev.get("config") is not None:  # Hydra wrote this job's config over the old run's record
+            import yaml
+
+            files.atomic_write_bytes(hyd / "config.yaml", yaml.safe_dump(prev["config"], sort_keys=False).encode())
+            files.atomic_write_bytes(hyd / "overrides.yaml", yaml.safe_dump(prev.get("overrides") or []).encode())
     log.warning("%s holds results of a different config; this run goes to %s", run_dir, new)
-    handler = logging.FileHandler(new / "run.log")
-    logging.getLogger().addHandler(handler)
+    _move_log(run_dir, new)
     return new, files.read_json(new / files.SUMMARY_JSON)
+
+
+def _move_log(old: Path, new: Path) -> None:
+    """Send the job log from ``old``'s log file to the same-named file in ``new``."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == old.resolve():
+            moved = logging.FileHandler(new / Path(h.baseFilename).name)
+            moved.setFormatter(h.formatter)
+            moved.setLevel(h.level)
+            root.removeHandler(h)
+            h.close()
+            root.addHandler(moved)
 
 
 def _print_dry_run(run_dir: Path, overrides: list[str], h: str) -> None:
@@ -94,6 +113,7 @@ def run(cfg: DictConfig) -> float:
         _print_dry_run(run_dir, overrides, h)
         return 0.0
     run_dir, prev = _claim_run_dir(run_dir, h)
+    files.remove_stale_temps(run_dir)
     if prev is not None and prev.get("status") in ("completed", "diverged"):
         log.info("%s: already %s with this config; skipping", run_dir.name, prev["status"])
         acc = prev.get("final_test_acc")
@@ -108,7 +128,7 @@ def run(cfg: DictConfig) -> float:
             raise
         summary.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         files.atomic_write_json(run_dir / files.SUMMARY_JSON, summary)
-        if isinstance(e, (ConfigError, DataError)) and not multirun:
+        if isinstance(e, (ConfigError, DataError, CheckpointError)) and not multirun:
             sys.exit(f"ablate: {e}")  # bad input: one line, non-zero exit
         log.error("%s failed: %s\n%s", run_dir.name, summary["error"], summary["traceback"])
         return float(cfg.trainer.failure_value)

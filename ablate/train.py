@@ -94,6 +94,10 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class CheckpointError(ValueError):
+    """A run directory's checkpoint cannot be loaded safely; the message is one line naming the file."""
+
+
 # --------------------------------------------------------------------------- set-up
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -145,7 +149,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):  # resumable with fewer GPUs
+            torch.cuda.set_rng_state(s, i)
 
 
 # --------------------------------------------------------------------------- batches
@@ -349,18 +354,20 @@ def _resume(run_dir: Path, config_hash: str, model, optimizer, scheduler) -> tup
     Returns the epoch rows kept, the epoch to continue after and the seconds spent."""
     path = run_dir / files.CHECKPOINT
     if path.exists():
-        try:
+        try:  # weights_only: a crafted pickle is refused here, never executed
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a crafted pickle is refused here, never executed
-            raise RuntimeError(f"{path}: not a loadable checkpoint ({type(e).__name__}); "
-                               f"delete it to retrain this run from scratch") from None
-        if ckpt.get("config_hash") == config_hash:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if scheduler is not None and ckpt["scheduler"] is not None:
-                scheduler.load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"])
-            epoch = int(ckpt["epoch"])
+            ours = isinstance(ckpt, dict) and ckpt.get("config_hash") == config_hash
+            if ours:
+                model.load_state_dict(ckpt["model"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+                if scheduler is not None and ckpt["scheduler"] is not None:
+                    scheduler.load_state_dict(ckpt["scheduler"])
+                set_rng_state(ckpt["rng"])
+                epoch = int(ckpt["epoch"])
+        except Exception as e:
+            raise CheckpointError(f"{path} is not a loadable ablate checkpoint ({type(e).__name__}); "
+                                  "delete it to retrain this run from scratch") from None
+        if ours:
             rows = files.truncate_rows(run_dir / files.EPOCHS_CSV, files.EPOCH_COLUMNS, epoch)
             files.truncate_rows(run_dir / files.STEPS_CSV, files.STEP_COLUMNS, epoch)
             return rows, epoch, float(ckpt.get("seconds", 0.0))

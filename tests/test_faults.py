@@ -1,0 +1,441 @@
+"""Fault injection: what survives a kill, a crash mid-write, a diverging or failing run, and bad input.
+
+The subprocess tests start real sweeps (``python -m ablate.run -m ...``) on tiny
+CPU settings and SIGKILL them at chosen and at random moments, then relaunch the
+same command with ``hydra.sweep.dir`` pointing at the interrupted sweep. The
+README's "What survives what" table lists the same cases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import ROOT, make_cfg, run_cli
+
+from ablate import files, report
+from ablate.config import ConfigError
+from ablate.run import config_hash
+from ablate.train import CheckpointError, fit
+
+EPOCHS = 6
+STEPS = 3
+COMMON = ["model=lenet", f"trainer.epochs={EPOCHS}", f"trainer.limit_batches={STEPS}", "trainer.batch_size=32",
+          "trainer.limit_eval_batches=1", "trainer.eval_batch_size=200"]
+SEEDS = ["trainer.seed=0,1"]
+VOLATILE = ["epoch_seconds", "images_per_second"]  # wall-clock columns; everything else must match exactly
+NO_REPORT = "~hydra.callbacks.report"  # for launches whose report nobody reads (saves seconds)
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                HYDRA_FULL_ERROR="0", MPLBACKEND="Agg")
+
+
+def _args(sweep: Path, *extra: str) -> list[str]:
+    return ["-m", *COMMON, *extra, f"hydra.sweep.dir={sweep}", f"data.root={sweep.parent / 'data'}"]
+
+
+def _popen(args: list[str], cwd: Path) -> subprocess.Popen:
+    """A sweep in its own process group (so a kill reaches all of it), output to a file."""
+    log = open(cwd / f"out-{time.monotonic_ns()}.txt", "w")
+    return subprocess.Popen([sys.executable, "-m", "ablate.run", *args], cwd=cwd, env=_env(), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _runs(sweep: Path) -> dict[str, Path]:
+    return {d.name: d for d in sorted(sweep.iterdir()) if (d / files.SUMMARY_JSON).exists()}
+
+
+def _seed(name: str) -> str:
+    return name.rsplit("trainer.seed=", 1)[1]
+
+
+def _epochs(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / files.EPOCHS_CSV).drop(columns=VOLATILE)
+
+
+def _n_rows(sweep: Path) -> int:
+    return sum(len(files.read_rows(p)) for p in sweep.glob(f"*/{files.EPOCHS_CSV}"))
+
+
+def _fingerprint(run: Path) -> dict[str, tuple[int, bytes]]:
+    """mtime and bytes of the files a retrain would rewrite."""
+    return {n: ((run / n).stat().st_mtime_ns, (run / n).read_bytes())
+            for n in (files.MODEL, files.SUMMARY_JSON, files.CHECKPOINT, files.EPOCHS_CSV, files.STEPS_CSV)}
+
+
+def _assert_matches_reference(sweep: Path, reference: dict[str, Path]) -> None:
+    """Every run completed, epochs 1..N and steps once each, numbers equal to the uninterrupted sweep."""
+    runs = _runs(sweep)
+    assert sorted(map(_seed, runs)) == sorted(map(_seed, reference))
+    for name, run in runs.items():
+        summary = files.read_json(run / files.SUMMARY_JSON)
+        assert summary["status"] == "completed", (name, summary.get("error"))
+        assert summary["epochs_done"] == EPOCHS
+        ep = pd.read_csv(run / files.EPOCHS_CSV)
+        assert ep.epoch.tolist() == list(range(1, EPOCHS + 1)), name
+        steps = pd.read_csv(run / files.STEPS_CSV)
+        assert steps.step.tolist() == list(range(1, EPOCHS * STEPS + 1)), name
+        ref = reference[name]
+        pd.testing.assert_frame_equal(_epochs(run), _epochs(ref))
+        pd.testing.assert_frame_equal(steps, pd.read_csv(ref / files.STEPS_CSV))
+        # What the resumed model ends with is what the uninterrupted one ends with.
+        a, b = (torch.load(d / files.MODEL, weights_only=True) for d in (run, ref))
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+        assert not list(run.glob(".*.tmp"))
+    rows = pd.read_csv(sweep / "report" / "summary.csv")
+    assert len(rows) == len(runs) and set(rows["status"]) == {"completed"}
+
+
+# --------------------------------------------------------------------------- reference sweeps
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """Two uninterrupted sweeps, started together: seeds 0 then 1, and seeds 1 then 0 (one process each)."""
+    base = tmp_path_factory.mktemp("reference")
+    procs = {order: _popen(_args(base / f"seeds{order.replace(',', '')}", f"trainer.seed={order}", NO_REPORT), base)
+             for order in ("0,1", "1,0")}
+    for order, p in procs.items():
+        assert p.wait(timeout=600) == 0, f"reference sweep {order} failed"
+    return {order: _runs(base / f"seeds{order.replace(',', '')}") for order in procs}
+
+
+@pytest.fixture(scope="module")
+def reference(sweeps):
+    return sweeps["0,1"]
+
+
+@pytest.mark.slow
+def test_jobs_sharing_a_process_do_not_leak_into_each_other(sweeps):
+    """Basic launcher: one process runs both jobs; a job's numbers do not depend on what ran before it."""
+    first, second = sweeps["0,1"], sweeps["1,0"]
+    assert sorted(first) == sorted(second) and len(first) == 2
+    for name in first:
+        pd.testing.assert_frame_equal(_epochs(first[name]), _epochs(second[name]))
+    a, b = (_epochs(first[n]) for n in first)
+    assert not a.train_loss.equals(b.train_loss)  # and the seeds do differ
+
+
+# --------------------------------------------------------------------------- SIGKILL + resume
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_finishes_without_retraining(tmp_path, reference):
+    sweep = tmp_path / "sweep"
+    proc = _popen(_args(sweep, *SEEDS), tmp_path)
+    deadline = time.monotonic() + 300
+    try:
+        # Job 0 has completed; job 1 is in its third epoch or later.
+        while len(files.read_rows(next(iter(sweep.glob(f"*seed=1/{files.EPOCHS_CSV}")), sweep / "x"))) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "sweep ended before the kill"
+            time.sleep(0.02)
+    finally:
+        _kill(proc)
+    runs = _runs(sweep)
+    done, killed = (runs[n] for n in sorted(runs, key=_seed))
+    assert files.read_json(done / files.SUMMARY_JSON)["status"] == "completed"
+    assert files.read_json(killed / files.SUMMARY_JSON)["status"] == "running"
+    before = _fingerprint(done)
+
+    out = _ok(run_cli(_args(sweep, *SEEDS), cwd=tmp_path))
+    assert "Runs: 2 job dir(s)" in out
+    assert _fingerprint(done) == before  # skipped, not retrained
+    assert "already completed with this config; skipping" in (done / "run.log").read_text()
+    assert "resuming" in (killed / "run.log").read_text()
+    _assert_matches_reference(sweep, reference)
+
+
+@pytest.mark.slow
+def test_five_random_kills_then_resume_lose_nothing(tmp_path, reference):
+    """Kill the sweep at seeded random instants inside epochs, five times; the sixth launch finishes it."""
+    rng = random.Random(20240605)
+    epoch_s = max(0.05, float(pd.read_csv(next(iter(reference.values())) / files.EPOCHS_CSV).epoch_seconds.median()))
+    sweep = tmp_path / "sweep"
+    completed: dict[str, dict] = {}
+    kills = 0
+    for target in (2, 4, 6, 8, 10):  # of 12 epoch rows in all: each round must make progress
+        proc = _popen(_args(sweep, *SEEDS), tmp_path)
+        deadline = time.monotonic() + 300
+        try:
+            while _n_rows(sweep) < target and proc.poll() is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 1.5 * epoch_s))  # somewhere in the next epoch, writes included
+            kills += proc.poll() is None
+        finally:
+            _kill(proc)
+        for name, run in _runs(sweep).items():
+            s = files.read_json(run / files.SUMMARY_JSON)
+            assert s is not None and s["status"] in ("running", "completed"), (name, s)  # whole files only
+            for p in run.glob("*.csv"):  # every CSV reads back as whole rows
+                rows = files.read_rows(p)
+                assert p.read_text().endswith("\n") and len(rows) == p.read_text().count("\n") - 1
+            if s["status"] == "completed" and name not in completed:
+                completed[name] = _fingerprint(run)
+        report.load_runs([sweep])  # the report reads the sweep at any instant
+    assert kills >= 4, f"only {kills} kill(s) landed before the sweep ended"
+
+    _ok(run_cli(_args(sweep, *SEEDS), cwd=tmp_path))
+    for name, fp in completed.items():
+        assert _fingerprint(_runs(sweep)[name]) == fp, f"{name} was retrained"
+    _assert_matches_reference(sweep, reference)
+
+
+_CRASH_ON_RENAME = """
+import os, runpy, sys
+target, nth = sys.argv[1], int(sys.argv[2])
+real, seen = os.replace, [0]
+def replace(src, dst, *a, **k):
+    if os.path.basename(dst) == target:
+        seen[0] += 1
+        if seen[0] == nth:
+            os._exit(137)  # the temporary file is written and synced; the rename never happens
+    return real(src, dst, *a, **k)
+os.replace = replace
+sys.argv = ["ablate.run", *sys.argv[3:]]
+runpy.run_module("ablate.run", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_crash_between_temp_write_and_rename_leaves_a_readable_run(tmp_path, reference):
+    sweep = tmp_path / "sweep"
+    args = _args(sweep, "trainer.seed=0")
+    proc = subprocess.run([sys.executable, "-c", _CRASH_ON_RENAME, files.CHECKPOINT, "3", *args], cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 137, (proc.stdout + proc.stderr)[-3000:]
+    (run,) = _runs(sweep).values()
+    (tmp,) = run.glob(f".{files.CHECKPOINT}.*.tmp")  # the epoch-3 checkpoint, never renamed
+    ckpt = torch.load(run / files.CHECKPOINT, weights_only=True)
+    assert ckpt["epoch"] == 2  # the previous checkpoint, whole
+    summary = files.read_json(run / files.SUMMARY_JSON)
+    assert summary["status"] == "running" and summary["epochs_done"] == 2
+    assert pd.read_csv(run / files.EPOCHS_CSV).epoch.tolist() == [1, 2, 3]  # epoch 3's row was appended
+    (r,) = report.load_runs([sweep])  # the leftover temp file does not confuse the report
+    assert r.status == "running" and r.epochs_done == 3
+
+    _ok(run_cli(args, cwd=tmp_path))
+    assert not tmp.exists()
+    name = next(iter(_runs(sweep)))
+    _assert_matches_reference(sweep, {name: reference[name]})
+
+
+# --------------------------------------------------------------------------- divergence and failures
+@pytest.mark.slow
+def test_diverging_and_failing_runs_stay_inside_their_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    # lr 1e38 overflows to a NaN loss in epoch 1; lr -1 is refused by the optimizer schema.
+    cmd = ["-m", "model=lenet", "trainer.epochs=3", "trainer.limit_batches=2", "trainer.batch_size=32",
+           "trainer.limit_eval_batches=1", "trainer.eval_batch_size=200", "optimizer=sgd",
+           "optimizer.lr=0.01,1e38,-1", f"hydra.sweep.dir={sweep}", f"data.root={tmp_path / 'data'}"]
+    out = _ok(run_cli(cmd, cwd=tmp_path))
+    runs = {_lr(n): (d, files.read_json(d / files.SUMMARY_JSON)) for n, d in _runs(sweep).items()}
+    assert runs[0.01][1]["status"] == "completed" and runs[0.01][1]["epochs_done"] == 3
+    d, s = runs[1e38]
+    assert s["status"] == "diverged" and "non-finite training loss in epoch 1" in s["error"]
+    assert s["epochs_done"] == 1 and len(files.read_rows(d / files.EPOCHS_CSV)) == 1  # stopped there
+    assert not (d / files.MODEL).exists()
+    d, s = runs[-1.0]
+    assert s["status"] == "failed" and s["error"].startswith("ConfigError: optimizer.lr=-1")
+    assert "Traceback (most recent call last)" in s["traceback"]
+    log = (d / "run.log").read_text()
+    assert "Traceback (most recent call last)" in log and "optimizer.lr=-1" in log  # in the job's own log
+    rows = pd.read_csv(sweep / "report" / "summary.csv")  # the end-of-sweep report ran
+    assert sorted(rows["status"]) == ["completed", "diverged", "failed"]
+    assert "Runs: 3 job dir(s)" in out
+
+    # A relaunch skips the completed and the diverged run, and retries the failed one.
+    out = _ok(run_cli(cmd, cwd=tmp_path))
+    assert out.count("already completed with this config; skipping") == 1
+    assert out.count("already diverged with this config; skipping") == 1
+    assert "optimizer.lr=-1.0 is invalid" in out  # retried, and failed again
+
+
+def _lr(name: str) -> float:
+    return float(name.split("optimizer.lr=", 1)[1].split(",", 1)[0])
+
+
+# --------------------------------------------------------------------------- changed config
+@pytest.mark.slow
+def test_changed_config_gets_its_own_dir_and_the_old_results_stay(tmp_path):
+    """A relaunch after the YAML was edited (adam's lr) never mixes with the old run's results."""
+    import shutil
+
+    src = tmp_path / "src"  # a copy of the package and its conf/, so the test can edit a YAML
+    shutil.copytree(ROOT / "ablate", src / "ablate", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "conf", src / "conf")
+    env = {"PYTHONPATH": str(src)}
+    sweep = tmp_path / "sweep"
+    cmd = ["-m", "model=lenet", "trainer.epochs=1", "trainer.limit_batches=1", "trainer.limit_eval_batches=1",
+           "trainer.eval_batch_size=200", f"hydra.sweep.dir={sweep}", f"data.root={tmp_path / 'data'}", NO_REPORT]
+    _ok(run_cli(cmd, cwd=tmp_path, env=env))
+    (old,) = _runs(sweep).values()
+    before = _fingerprint(old)
+    y = src / "conf" / "optimizer" / "adam.yaml"
+    assert "lr: 0.001" in y.read_text()
+    y.write_text(y.read_text().replace("lr: 0.001", "lr: 0.002"))
+    out = _ok(run_cli(cmd, cwd=tmp_path, env=env))
+    assert "holds results of a different config" in out
+    runs = _runs(sweep)
+    (new,) = [d for n, d in runs.items() if n != old.name]
+    h = files.read_json(new / files.SUMMARY_JSON)["config_hash"]
+    assert new.name == f"{old.name}~{h[:8]}"
+    assert _fingerprint(old) == before  # the old results, untouched
+    assert files.read_json(old / files.SUMMARY_JSON)["config"]["optimizer"]["lr"] == 0.001
+    assert files.read_json(new / files.SUMMARY_JSON)["config"]["optimizer"]["lr"] == 0.002
+    assert files.read_json(new / files.SUMMARY_JSON)["status"] == "completed"
+    # Hydra wrote the new config into the old dir's .hydra/: it is put back, and the new run has its own.
+    assert "lr: 0.001" in (old / ".hydra" / "config.yaml").read_text()
+    assert "lr: 0.002" in (new / ".hydra" / "config.yaml").read_text()
+    old_log = (old / "run.log").read_text().split("holds results of a different config")[-1]
+    assert "epoch 1/1" not in old_log and "epoch 1/1" in (new / "run.log").read_text()
+
+
+# --------------------------------------------------------------------------- bad input
+def _crafted_checkpoint(path: Path, marker: Path) -> None:
+    """A checkpoint whose unpickling would create ``marker`` (what a plain ``torch.load`` would run)."""
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"config_hash": "x", "payload": Payload()}, path)
+
+
+@pytest.mark.slow
+def test_bad_input_gets_one_clear_line(tmp_path):
+    """Run together: Hydra's own errors, range checks, a damaged data file, a crafted checkpoint, fail_fast."""
+    from fakedata import make_mnist_like
+
+    raw = make_mnist_like(tmp_path / "mnist", folder="MNIST")
+    bad = raw / "train-images-idx3-ubyte"
+    bad.write_bytes(bad.read_bytes()[:1000])  # truncated
+    crafted_dir = tmp_path / "crafted"
+    crafted_dir.mkdir()
+    over = ["trainer.epochs=1", "trainer.limit_batches=1", "model=lenet"]
+    h = config_hash(make_cfg(over, tiny=False))
+    (crafted_dir / files.SUMMARY_JSON).write_text(json.dumps({"status": "running", "config_hash": h}))
+    marker = tmp_path / "pwned"
+    _crafted_checkpoint(crafted_dir / files.CHECKPOINT, marker)
+    cases = {
+        "nosuch": ["scheduler=nosuch"],
+        "misspelt": ["trainer.epoch=3"],
+        "range": ["trainer.epochs=0"],
+        "data": ["dataset=mnist", f"data.root={tmp_path / 'mnist'}"],
+        "crafted": [*over, f"hydra.run.dir={crafted_dir}"],
+        "fail_fast": ["optimizer.lr=-1", "trainer.fail_fast=true"],
+    }
+    procs = {k: subprocess.Popen([sys.executable, "-m", "ablate.run", *v] + ([] if "crafted" == k else
+                                 [f"hydra.run.dir={tmp_path / k}"]), cwd=tmp_path, env=_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k, v in cases.items()}
+    res = {k: (p.wait(timeout=600), *p.communicate()) for k, p in procs.items()}
+    for k, (rc, _, err) in res.items():
+        assert rc == 1, (k, err)
+
+    def one_line(k: str) -> str:
+        err = res[k][2].strip()
+        assert "\n" not in err and err.startswith("ablate: "), (k, err)
+        return err
+
+    err = res["nosuch"][2]
+    assert "Could not find 'scheduler/nosuch'" in err and "Available options in 'scheduler'" in err
+    assert "\tcosine\n" in err and "onecycle" in err
+    assert "Key 'epoch' not in 'TrainerConf'" in res["misspelt"][2] and "full_key: trainer.epoch" in res["misspelt"][2]
+    assert one_line("range") == "ablate: trainer.epochs=0 is invalid: must be > 0"
+    assert str(bad) in one_line("data")
+    msg = one_line("crafted")
+    assert str(crafted_dir / files.CHECKPOINT) in msg and "delete it" in msg
+    assert not marker.exists()  # refused, never executed
+    assert files.read_json(crafted_dir / files.SUMMARY_JSON)["status"] == "failed"
+    assert "Traceback" in res["fail_fast"][2] or "ConfigError" in res["fail_fast"][2]
+    assert "optimizer.lr=-1" in res["fail_fast"][2] and not res["fail_fast"][2].startswith("ablate: ")
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["trainer.epochs=-2"], "trainer.epochs"),
+    (["trainer.batch_size=0"], "trainer.batch_size"),
+    (["optimizer.lr=0"], "optimizer.lr"),
+    (["augment.erasing=-0.1"], "augment.erasing"),
+    (["augment.hflip=1.5"], "augment.hflip"),
+    (["scheduler=onecycle", "scheduler.max_lr=null"], "scheduler.max_lr"),
+    (["scheduler=plateau", "trainer.eval_every=2"], "trainer.eval_every"),
+])
+def test_range_and_cross_field_checks_name_key_and_value(cfg_factory, tmp_path, overrides, key):
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')}=\S+ is invalid: ") as e:
+        fit(cfg_factory(*overrides), tmp_path, "h")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / files.EPOCHS_CSV).exists()  # refused before training
+
+
+def test_wrong_type_names_the_key():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as e:
+        make_cfg(["trainer.batch_size=big"])
+    msg = str(e.value) + str(e.value.__cause__)
+    assert "Value 'big' of type 'str' could not be converted to Integer" in msg and "trainer.batch_size" in msg
+
+
+def test_crafted_checkpoint_is_refused_not_executed(cfg_factory, tmp_path):
+    marker = tmp_path / "pwned"
+    _crafted_checkpoint(tmp_path / files.CHECKPOINT, marker)
+    with pytest.raises(CheckpointError, match=str(tmp_path / files.CHECKPOINT)):
+        fit(cfg_factory(), tmp_path, "h")
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- crash-safe files, in process
+def test_a_failed_rename_keeps_the_previous_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / files.SUMMARY_JSON
+    files.atomic_write_json(path, {"epochs_done": 1})
+    torch_path = tmp_path / files.CHECKPOINT
+    files.atomic_torch_save({"epoch": 1}, torch_path)
+
+    def boom(*a, **k):
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(files.os, "replace", boom)
+    with pytest.raises(OSError):
+        files.atomic_write_json(path, {"epochs_done": 2})
+    with pytest.raises(OSError):
+        files.atomic_torch_save({"epoch": 2}, torch_path)
+    monkeypatch.undo()
+    assert files.read_json(path) == {"epochs_done": 1}
+    assert torch.load(torch_path, weights_only=True) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [files.CHECKPOINT, files.SUMMARY_JSON]  # no temp left
+
+
+def test_a_torn_csv_row_is_dropped_and_stale_temps_are_cleared(tmp_path):
+    p = tmp_path / files.EPOCHS_CSV
+    files.append_rows(p, files.EPOCH_COLUMNS, [dict(epoch=1, lr=0.1), dict(epoch=2, lr=0.1)])
+    with open(p, "a") as f:
+        f.write("3,0.1,2.3")  # a writer killed mid-row
+    assert [r["epoch"] for r in files.read_rows(p)] == ["1", "2"]
+    assert [r["epoch"] for r in files.truncate_rows(p, files.EPOCH_COLUMNS, 1)] == ["1"]
+    assert p.read_text().count("\n") == 2
+    (tmp_path / f".{files.CHECKPOINT}.abc123.tmp").write_bytes(b"half")
+    (tmp_path / ".keep.tmp").write_bytes(b"not ours")
+    assert [t.name for t in files.remove_stale_temps(tmp_path)] == [f".{files.CHECKPOINT}.abc123.tmp"]
+    assert (tmp_path / ".keep.tmp").exists()
