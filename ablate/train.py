@@ -116,7 +116,9 @@ def seed_everything(seed: int) -> None:
 
 def prepare_backends(t: TrainerConf, device: torch.device) -> None:
     """Reset global torch flags to this run's settings (an earlier job may have changed them)."""
-    torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
+    if (torch.are_deterministic_algorithms_enabled() != t.deterministic
+            or (t.deterministic and not torch.is_deterministic_algorithms_warn_only_enabled())):
+        torch.use_deterministic_algorithms(t.deterministic, warn_only=True)  # imports inductor: ~3 s, so only on change
     torch.backends.cudnn.deterministic = t.deterministic
     torch.backends.cudnn.benchmark = t.cudnn_benchmark and not t.deterministic
     if device.type == "cuda":
