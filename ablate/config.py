@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
@@ -25,6 +26,9 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A bad value in the config; the message is one line that names the key."""
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the config groups (an editable install keeps them here)
 
 
 def require(ok: bool, key: str, value: Any, what: str) -> None:

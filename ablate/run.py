@@ -22,7 +22,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import files, report  # noqa: F401  (report registers schema/report/base)
 from .config import ConfigError
@@ -105,6 +105,23 @@ def _print_dry_run(run_dir: Path, overrides: list[str], h: str) -> None:
     print(f"[dry run]{'' if num is None else f' #{num}'} {shown} -> {run_dir} ({what})", flush=True)
 
 
+def _spread_over_gpus(cfg: DictConfig) -> None:
+    """Multirun job N trains on GPU N mod count when several are visible and trainer.device=auto.
+
+    By device index, not CUDA_VISIBLE_DEVICES: a joblib worker process runs many
+    jobs and its CUDA context, once made, ignores later changes to the variable.
+    Not part of the run's identity (the hash is taken before)."""
+    num = HydraConfig.get().job.get("num")
+    if num is None or cfg.trainer.device != "auto":
+        return
+    import torch
+
+    n = torch.cuda.device_count()  # asks the driver; creates no CUDA context
+    if n > 1:
+        with open_dict(cfg):
+            cfg.trainer.device = f"cuda:{num % n}"
+
+
 def run(cfg: DictConfig) -> float:
     """Train (or skip, or resume) the run Hydra composed; return its final test accuracy."""
     run_dir, overrides, choices, multirun = _job_info()
@@ -112,6 +129,7 @@ def run(cfg: DictConfig) -> float:
     if cfg.get("dry_run"):
         _print_dry_run(run_dir, overrides, h)
         return 0.0
+    _spread_over_gpus(cfg)
     run_dir, prev = _claim_run_dir(run_dir, h)
     files.remove_stale_temps(run_dir)
     if prev is not None and prev.get("status") in ("completed", "diverged"):

@@ -18,6 +18,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from . import files
+from . import files, graph
 from .augment import AugmentConf, BatchAugment, normalize
 from .config import ConfigError, non_negative, one_of, positive, require, store_schema, typed
 from .data import TensorData, load_dataset
@@ -122,6 +123,8 @@ def prepare_backends(t: TrainerConf, device: torch.device) -> None:
     torch.backends.cudnn.deterministic = t.deterministic
     torch.backends.cudnn.benchmark = t.cudnn_benchmark and not t.deterministic
     if device.type == "cuda":
+        if device.index is not None:
+            torch.cuda.set_device(device)  # streams and graphs use the current device
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(device)
@@ -169,11 +172,17 @@ class ResidentBatches:
         if limit is not None:
             self.steps = min(self.steps, limit)
 
-    def __iter__(self):
+    def indices(self) -> Iterator[torch.Tensor]:
+        """Each step's batch indices: slices of one on-device permutation per epoch."""
         perm = torch.randperm(len(self.x), device=self.x.device)
         for i in range(self.steps):
-            idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.augment(self.x[idx]), self.y[idx]
+            yield perm[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.augment(self.x[idx]), self.y[idx]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return map(self.gather, self.indices())
 
 
 def make_batches(data: TensorData, t: TrainerConf, aug_cfg, device: torch.device):
@@ -223,6 +232,10 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
         raise ConfigError(f"trainer.eval_every={t.eval_every} is invalid: scheduler=plateau steps on the "
                           "test loss and needs trainer.eval_every=1")
     device = resolve_device(t.device)
+    no_graph = graph.obstacle(device, t.pipeline) if t.cuda_graph else None
+    if no_graph:
+        log.warning("cuda_graph requested but %s: running eager", no_graph)
+    graphed = t.cuda_graph and not no_graph
     prepare_backends(t, device)
     seed_everything(t.seed)
     amp = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
@@ -234,7 +247,8 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     batches = make_batches(data, t, aug_cfg, device)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), reg.weight_decay)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), reg.weight_decay,
+                                **graph.optimizer_flags(cfg.optimizer.name, device, graphed))
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, t.epochs, batches.steps)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     step_model = torch.compile(model) if t.compile else model
@@ -243,6 +257,8 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
                    params=count_parameters(model), epochs_planned=t.epochs, device=str(device),
                    torch_version=torch.__version__, seed=t.seed, run_dir=str(run_dir))
     rows, start_epoch, seconds = _resume(run_dir, config_hash, model, optimizer, scheduler)
+    if graphed:
+        graph.lr_to_tensor(optimizer, device)  # after the resume: load_state_dict puts a host lr back
     if start_epoch:
         log.info("resuming %s after epoch %d/%d", run_dir.name, start_epoch, t.epochs)
     summary.update(_results(rows), seconds=seconds)
@@ -251,7 +267,7 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
     def train_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):  # graph-safe
             out = step_model(x)
         loss = F.cross_entropy(out.float(), y, label_smoothing=reg.label_smoothing)
         total = loss + reg.l2 * sum(p.pow(2).sum() for p in model.parameters()) if reg.l2 else loss
@@ -260,19 +276,22 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
         optimizer.step()
         return loss.detach(), (out.argmax(1) == y).sum()
 
+    if graphed:
+        step_fn = graph.GraphStep(lambda idx: train_step(*batches.gather(idx)), model, optimizer, device)
+    else:
+        step_fn = lambda batch: train_step(*batch)  # noqa: E731
     step = start_epoch * batches.steps
     for epoch in range(start_epoch + 1, t.epochs + 1):
         model.train()
-        lr = optimizer.param_groups[0]["lr"]
+        lr = float(optimizer.param_groups[0]["lr"])
         losses = torch.zeros(batches.steps, device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        lrs, seen, diverged = [], 0, False
+        lrs, diverged = [], False
         t0 = time.perf_counter()
-        for i, (x, y) in enumerate(batches):
-            lrs.append(optimizer.param_groups[0]["lr"])
-            losses[i], c = train_step(x, y)
+        for i, batch in enumerate(batches.indices() if graphed else batches):
+            lrs.append(_lr_now(optimizer))
+            losses[i], c = step_fn(batch)
             correct += c
-            seen += len(y)
             if interval == "step" and scheduler is not None:
                 scheduler.step()
             if (i + 1) % t.log_every == 0:  # the only mid-epoch host sync
@@ -281,7 +300,7 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
                     diverged = True
                     break
                 log.info("epoch %d step %d/%d loss %.4f", epoch, i + 1, batches.steps, running)
-        n_steps = len(lrs)
+        n_steps, seen = len(lrs), len(lrs) * batches.batch_size
         train_loss = losses[:n_steps].mean().item()
         train_acc = correct.item() / max(seen, 1)
         train_seconds = time.perf_counter() - t0
@@ -295,9 +314,9 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
         seconds += epoch_seconds
         row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                    test_acc=test_acc, epoch_seconds=epoch_seconds, images_per_second=seen / train_seconds)
-        step_loss = losses[:n_steps].tolist()
+        step_loss, step_lr = losses[:n_steps].tolist(), _host(lrs)
         files.append_rows(run_dir / files.STEPS_CSV, files.STEP_COLUMNS,
-                          [dict(step=step + j + 1, epoch=epoch, lr=lrs[j], loss=step_loss[j]) for j in range(n_steps)])
+                          [dict(step=step + j + 1, epoch=epoch, lr=step_lr[j], loss=step_loss[j]) for j in range(n_steps)])
         files.append_rows(run_dir / files.EPOCHS_CSV, files.EPOCH_COLUMNS, [row])
         step += n_steps
         rows.append(row)
@@ -320,6 +339,19 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
     files.atomic_write_json(run_dir / files.SUMMARY_JSON, summary)
     _release(device)
     return summary
+
+
+def _lr_now(optimizer: torch.optim.Optimizer) -> float | torch.Tensor:
+    """The lr in force now; a device-tensor lr (cuda_graph) is copied on the device, not read."""
+    lr = optimizer.param_groups[0]["lr"]
+    return lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
+
+
+def _host(values: list) -> list[float]:
+    """Floats from ``_lr_now`` values, with one device read for all of them."""
+    if values and isinstance(values[0], torch.Tensor):
+        return torch.stack(values).double().tolist()
+    return values
 
 
 def _results(rows: list[dict]) -> dict:
