@@ -48,13 +48,14 @@ FUSED = ("sgd", "adam", "adamw")  # torch optimizers with a fused CUDA kernel (o
 
 def optimizer_flags(name: str, device: torch.device, graphed: bool) -> dict[str, Any]:
     """Constructor flags for speed on CUDA: the fused kernel where torch has one (same update rule,
-    far fewer launches; it reads a tensor lr at run time, so it is capturable too), else
-    ``capturable`` when the step is graphed, so the update reads the lr tensor at replay."""
+    far fewer launches), and ``capturable`` when the step is graphed, so the update keeps its
+    step counter on the device and reads the lr tensor at replay."""
     if device.type != "cuda":
         return {}
-    if name in FUSED:
-        return {"fused": True}
-    return {"capturable": True} if graphed else {}
+    flags = {"fused": True} if name in FUSED else {}
+    if graphed and name != "sgd":  # torch's SGD has no capturable flag (nor step counter to keep on the device)
+        flags["capturable"] = True
+    return flags
 
 
 def lr_to_tensor(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

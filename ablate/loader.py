@@ -13,6 +13,8 @@ persistent, so an epoch's augmentation draws depend only on that seed.
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,10 +50,14 @@ class LoaderBatches:
         self.generator = torch.Generator()
         transform = torchvision_transform(aug_cfg, data.mean, data.std, train=True)
         workers = int(t.num_workers)
+        # Fork explicitly: a joblib (loky) job process changes multiprocessing's default context to
+        # one whose processes DataLoader cannot start. Workers only touch host tensors, never CUDA.
+        context = multiprocessing.get_context("fork") if workers and sys.platform == "linux" else None
         self.loader = DataLoader(
             TransformDataset(data.train_x, data.train_y, transform), batch_size=self.batch_size, shuffle=True,
             drop_last=True, num_workers=workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=False, generator=self.generator)  # fresh worker seeds each epoch: resumable
+            persistent_workers=False,  # fresh worker seeds each epoch: resumable
+            generator=self.generator, multiprocessing_context=context)
         self.steps = len(self.loader)
         if t.limit_batches is not None:
             self.steps = min(self.steps, t.limit_batches)

@@ -17,7 +17,7 @@ step() {  # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log, show its tail
 }
 for s in "$@"; do
   case $s in
-    tests) step tests 240 python3 -m pytest -q -x tests/test_speed.py tests/test_train.py -p no:cacheprovider ;;
+    tests) step tests 240 python3 -m pytest -q -x tests/test_speed.py tests/test_train.py -p no:cacheprovider -k "not bench_smoke" ;;
     agree_pipes) step agree_pipes 300 python3 -m ablate.bench --no-pipelines --grid --jobs 6 --grid-epochs 10 \
         --grid-axes trainer.pipeline=resident,dataloader trainer.seed=0,1,2 --sweep-dir /tmp/agree_pipes \
         && cp /tmp/agree_pipes/report/report.md "$OUT/agree_pipes.md" ;;

@@ -204,9 +204,22 @@ def test_bench_smoke_runs_every_mode(tmp_path):
                        env=dict(os.environ, PYTHONPATH=_path(), MPLBACKEND="Agg"))
     assert p.returncode == 0, p.stderr[-2000:]
     pipes = pd.read_csv(tmp_path / "pipelines.csv")
-    assert list(pipes.pipeline) == ["resident", "dataloader"] and (pipes.images_per_second > 0).all()
+    expected = ["resident", "resident+cuda_graph", "dataloader"] if torch.cuda.is_available() else ["resident", "dataloader"]
+    assert list(pipes.pipeline) == expected and (pipes.images_per_second > 0).all()
     assert pipes.vs_dataloader.iloc[-1] == pytest.approx(1.0)
     conc = pd.read_csv(tmp_path / "concurrent.csv")
     assert list(conc.processes) == [2] and conc.aggregate_images_per_second.iloc[0] > 0
     g = pd.read_csv(tmp_path / "grid.csv")
     assert g.completed.iloc[0] == g.runs.iloc[0] == 2 and bool(g.report.iloc[0])
+
+
+def test_dataloader_workers_start_inside_joblib_jobs(tmp_path):
+    """loky changes multiprocessing's default context in its job processes; DataLoader workers must still start."""
+    sweep = tmp_path / "sweep"
+    p = run_cli(["-m", "trainer.pipeline=dataloader", "trainer.num_workers=2", "trainer.seed=0,1", "trainer.epochs=1",
+                 "trainer.limit_batches=3", "trainer.limit_eval_batches=1", "model=lenet", "hydra/launcher=joblib",
+                 "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", "report.arm_panels=false"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    import json
+    summaries = [json.loads(f.read_text()) for f in sweep.glob("*/summary.json")]
+    assert [s["status"] for s in summaries] == ["completed"] * 2, [s.get("error") for s in summaries]
