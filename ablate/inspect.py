@@ -525,16 +525,18 @@ def inspect_run(run_dir: Path | str, out_dir: Path | str | None = None, conf: Op
 
 def arm_panels(run_dir: Path | str, out_dir: Path | str, image_indices: Optional[Sequence[int]] = None, *,
                prefix: str = "", title: str = "", gradcam_layer: Optional[str] = None,
-               device: str = "cpu") -> dict[str, Path]:
+               device: str = "cpu", data_overrides: Optional[dict] = None) -> dict[str, Path]:
     """The report's panels for one arm's run: confusion matrix and Grad-CAM on fixed test images.
 
     Writes ``<out_dir>/<prefix>confusion.png``, ``<prefix>confusion.csv`` and
     ``<prefix>gradcam.png``; returns ``{"confusion": png, "confusion_csv": csv,
     "gradcam": png}``. Pass the same ``image_indices`` for every arm (None = the
     first test image of each class in turn, 8 in all, which is the same for runs
-    on the same data set). Raises :class:`InspectError` (one line) for a run
-    without ``model.pt``, and ``ablate.data.DataError`` when its data is gone."""
-    run = load_run(run_dir, None, device)
+    on the same data set); ``data_overrides`` replace keys of the run's ``data``
+    section (the report passes ``{"download": False}``). Raises :class:`InspectError`
+    (one line) for a run without ``model.pt``, and ``ablate.data.DataError`` when
+    its data is gone."""
+    run = load_run(run_dir, data_overrides, device)
     out = Path(out_dir)
     idx = _check_indices(run, image_indices)
     cm = _run_confusion(run)
@@ -575,11 +577,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(__doc__.split("Two modes", 1)[0].strip())
         return 0
     try:
-        if args and "=" not in args[0]:
-            if not Path(args[0]).is_dir():
-                raise InspectError(f"{args[0]} is neither a run directory nor an override (key=value); "
-                                  "see python -m ablate.inspect --help")
-            print(_run_dir_mode(Path(args[0]), args[1:]))
+        # A sweep's job directories are named from their overrides (scheduler=cosine,trainer.seed=0):
+        # a directory with a run's .hydra/ is a run even when its name looks like an override.
+        first = Path(args[0]) if args else None
+        if first is not None and first.is_dir() and ("=" not in args[0] or (first / ".hydra").is_dir()):
+            print(_run_dir_mode(first, args[1:]))
+        elif args and "=" not in args[0]:
+            raise InspectError(f"{args[0]} is neither a run directory nor an override (key=value); "
+                               "see python -m ablate.inspect --help")
         else:
             print(model_report(compose(args)))
     except (InspectError, ConfigError, DataError) as e:

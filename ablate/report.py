@@ -5,7 +5,9 @@ The report is built from the run directories alone (``summary.json``,
 end-of-sweep hook, so it works on a sweep that is partly failed, killed or
 still running, on a single run, and on several sweeps merged. It writes
 ``report/`` with ``summary.csv`` (one row per run), ``report.md`` (tables and
-verdicts), the curves as PNGs and ``index.html`` (all of it, self-contained).
+verdicts), the curves as PNGs and ``index.html`` (all of it, self-contained);
+with ``report.arm_panels`` also the confusion matrix and Grad-CAM of the best
+and the worst arm (``best_*``, ``worst_*``; see :func:`draw_arm_panels`).
 
 Runs are grouped into *arms* by every override that varies across the runs
 except the seed. A run counts in the means only if it finished every planned
@@ -22,8 +24,11 @@ import html
 import io
 import json
 import math
+import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,6 +62,7 @@ class ReportConf:
     min_seeds: int = 3  # warn when an arm has fewer finished seeds
     smoothing: float = 0.9  # EMA factor (weight of the past) for the per-iteration loss curve
     seed: int = 0  # bootstrap RNG seed: the same runs always give the same report
+    arm_panels: bool = True  # confusion matrix + Grad-CAM of the best and the worst arm (from model.pt, on CPU)
 
     def __post_init__(self) -> None:
         probability("report", self, "overfit_gap", "smoothing")
@@ -371,6 +377,8 @@ class Report:
     verdicts: list[tuple[str, list[str]]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     figures: list[tuple[str, str, bytes]] = field(default_factory=list)  # (file name, caption, png)
+    panels: list[ArmPanel] = field(default_factory=list)  # best and worst arm, drawn by write()
+    panels_note: str | None = None  # why there is no best/worst pair (fewer than two arms), if so
 
     def label(self, arm: tuple[str, ...]) -> str:
         return ", ".join(f"{k}={v}" for k, v in zip(self.keys, arm)) if self.keys else "all runs"
@@ -624,6 +632,17 @@ def markdown(rep: Report) -> str:
     out += ["## Flagged runs", "", _md_table(fl) if len(fl) else "None.", ""]
     if rep.figures:
         out += ["## Curves", ""] + [f"![{cap}]({name})" for name, cap, _ in rep.figures] + [""]
+    if rep.panels or rep.panels_note:
+        out += [f"## {PANELS_TITLE}", ""]
+        if rep.panels_note:
+            out += [f"No panels: {rep.panels_note}.", ""]
+        for p in rep.panels:
+            head, detail = _panel_lines(rep, p, lambda n: f"`{n}`")
+            links = "" if p.skipped else (
+                f" [Confusion matrix]({p.files['confusion']}) ([counts]({p.files['confusion_csv']})), "
+                f"[Grad-CAM]({p.files['gradcam']}).")
+            out += [f"- **{head}.** {detail}{links}"]
+        out += [""]
     return "\n".join(out)
 
 
@@ -637,11 +656,13 @@ tr:nth-child(even) td{background:#f7f7f7}.warn{color:#8a4b00}.flag{font-weight:6
 figure{margin:16px 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:#444}
 ul.verdicts li{margin:3px 0}pre{white-space:pre-wrap;font-size:12px;background:#f4f4f4;padding:6px}
 .scroll{overflow-x:auto}
+.pair{display:flex;flex-wrap:wrap;gap:16px}.pair .side{flex:1 1 45%;min-width:320px}.pair h3{margin-top:4px}
+.pair code{word-break:break-all}
 """
 
 
-def html_page(rep: Report) -> str:
-    """index.html: one file, images as data URIs, no external requests."""
+def html_page(rep: Report, out: Path | None = None) -> str:
+    """index.html: one file, images as data URIs, no external requests (``out``: where the panels are)."""
     e = html.escape
     p = ["<!doctype html>", "<html lang='en'><head><meta charset='utf-8'>", "<title>ablate report</title>",
          f"<style>{CSS}</style></head><body>", "<h1>ablate report</h1>",
@@ -668,6 +689,23 @@ def html_page(rep: Report) -> str:
     for name, cap, png in rep.figures:
         uri = "data:image/png;base64," + base64.b64encode(png).decode()
         p.append(f"<figure><img alt='{e(cap)}' src='{uri}'><figcaption>{e(cap)}</figcaption></figure>")
+    if rep.panels or rep.panels_note:
+        p.append(f"<h2 id='arm-panels'>{e(PANELS_TITLE)}</h2>")
+        if rep.panels_note:
+            p.append(f"<p>No panels: {e(rep.panels_note)}.</p>")
+        else:
+            p.append(f"<p>{e(PANELS_INTRO)}</p><div class='pair'>")
+            for pan in rep.panels:
+                head, detail = _panel_lines(rep, pan, lambda n: f"\0{n}\1")  # escaped, then <code>
+                detail = e(detail).replace("\0", "<code>").replace("\1", "</code>")
+                p.append(f"<div class='side' id='panel-{pan.role}'><h3>{e(head)}</h3><p>{detail}</p>")
+                for key, what in (("confusion", "confusion matrix"), ("gradcam", "Grad-CAM")):
+                    if key in pan.files:
+                        uri = "data:image/png;base64," + base64.b64encode(
+                            (out / pan.files[key]).read_bytes()).decode() if out else pan.files[key]
+                        p.append(f"<figure><img alt='{e(pan.role)} arm: {what}' src='{uri}'></figure>")
+                p.append("</div>")
+            p.append("</div>")
     p.append("<h2 id='runs'>All runs</h2>")
     df = summary_frame(rep).drop(columns=["error"])
     for c in ("final_test_acc", "best_test_acc", "final_train_acc", "gap_final", "gap_best"):
@@ -866,6 +904,134 @@ def _arm_of(rep: Report, run: Run) -> tuple[str, ...]:
     return tuple(run.value(k) for k in rep.keys)
 
 
+# ----------------------------------------------------------------------------- best vs worst arm
+
+PANEL_ROLES = ("best", "worst")
+PANEL_FILES = {"confusion": "confusion.png", "confusion_csv": "confusion.csv", "gradcam": "gradcam.png"}
+
+
+@dataclass
+class ArmPanel:
+    """One side of the best-vs-worst section: the arm, the run drawn and its files, or why not."""
+
+    role: str  # "best" or "worst"
+    arm: tuple[str, ...]
+    mean: float  # mean final test accuracy of the arm's counted runs
+    n: int  # counted runs
+    run: Run | None = None  # the representative run (None: no counted run has model.pt)
+    files: dict[str, str] = field(default_factory=dict)  # PANEL_FILES key -> file name in report/
+    skipped: str | None = None  # one line: why nothing was drawn
+
+    def label(self, rep: Report) -> str:
+        seeds = f"{self.n} seed{'s' if self.n != 1 else ''}"
+        return f"{self.role} arm: {rep.label(self.arm)} (mean test accuracy {_pct(self.mean)} %, {seeds})"
+
+
+def ranked_arms(rep: Report) -> list[tuple[tuple[str, ...], float, int]]:
+    """(arm, mean final test accuracy, counted runs) of every arm with a counted run, best first.
+
+    Only counted runs (finished every epoch, finite losses) enter, as in the tables;
+    an arm none of whose runs counts is not ranked at all."""
+    rows = []
+    for arm, members in rep.arms.items():
+        ok = [r for r in members if r.counted]
+        if ok:
+            rows.append((arm, _mean([r.final_test_acc for r in ok]), len(ok)))
+    return sorted(rows, key=lambda t: -t[1])  # stable: equal means keep the arms' order
+
+
+def representative_run(runs: Sequence[Run]) -> Run | None:
+    """The run that stands for its arm in the panels: the counted seed whose final test accuracy is
+    closest to the arm's mean (ties: the lower seed), among those that kept ``model.pt``.
+
+    The seed nearest the mean rather than the best seed: the best seed of each arm
+    would flatter both, and the picture should be of a typical run of the arm."""
+    ok = [r for r in runs if r.counted]
+    if not ok:
+        return None
+    m = _mean([r.final_test_acc for r in ok])
+    have = [r for r in ok if (r.path / "model.pt").is_file()]
+    key = lambda r: (abs(r.final_test_acc - m), r.seed if r.seed is not None else math.inf, r.name)  # noqa: E731
+    return min(have, key=key) if have else None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _clear_panels(out: Path) -> None:
+    for role in PANEL_ROLES:
+        for name in PANEL_FILES.values():
+            (out / f"{role}_{name}").unlink(missing_ok=True)
+
+
+def draw_arm_panels(rep: Report, out: Path) -> None:
+    """Confusion matrix and Grad-CAM of the best and the worst arm into ``out`` (``best_*``, ``worst_*``).
+
+    Each arm is drawn from its :func:`representative_run`, reloaded on the CPU
+    with :func:`ablate.inspect.arm_panels` on the same fixed test images (the first
+    test image of each class in turn, identical for runs on the same data set),
+    never downloading data. Whatever fails (no ``model.pt``, the data set not on
+    this machine, a model that does not load) leaves that arm's panel out and one
+    line in ``ArmPanel.skipped``; the report itself is never stopped. Sets
+    ``rep.panels`` (or ``rep.panels_note`` when fewer than two arms are ranked).
+    The files appear whole or not at all (drawn in a temporary folder, renamed in)."""
+    rep.panels, rep.panels_note = [], None
+    ranked = ranked_arms(rep)
+    if len(ranked) < 2:
+        rep.panels_note = (f"needs two arms with finished runs; this report has {len(ranked)}, "
+                           "so there is no best and worst to compare")
+        return
+    for role, (arm, mean, n) in zip(PANEL_ROLES, (ranked[0], ranked[-1])):
+        panel = ArmPanel(role, arm, mean, n, representative_run(rep.arms[arm]))
+        rep.panels.append(panel)
+        if panel.run is None:
+            panel.skipped = "none of its finished runs has a model.pt to reload"
+            continue
+        tmp = None
+        try:
+            from .data import DataError  # torch: imported only when there is a model to draw
+            from .inspect import InspectError, arm_panels
+
+            tmp = Path(tempfile.mkdtemp(prefix=".arm-panels-", dir=out))
+            try:
+                written = arm_panels(panel.run.path, tmp, None, prefix=f"{role}_",
+                                     title=f"{role} arm ({rep.short(arm)})",
+                                     device="cpu", data_overrides={"download": False})
+            except DataError as e:
+                panel.skipped = f"its data set is not available on this machine: {_one_line(e)}"
+            except (InspectError, ConfigError) as e:
+                panel.skipped = _one_line(e)
+            else:
+                for key, path in written.items():
+                    os.replace(path, out / path.name)
+                    panel.files[key] = path.name
+        except Exception as e:  # noqa: BLE001  (a panel must never stop the report)
+            panel.skipped = f"could not be drawn ({type(e).__name__}: {_one_line(e)})"
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _panel_lines(rep: Report, p: ArmPanel, code: Any = str) -> tuple[str, str]:
+    """(heading, detail) of one side of the section; ``code`` formats the run's name (escaped for HTML)."""
+    head = p.label(rep)
+    head = head[0].upper() + head[1:]
+    if p.skipped:
+        return head, f"No panel: {p.skipped}."
+    r = p.run
+    return head, (f"Drawn from run {code(r.name)} (seed {r.seed}, final test accuracy "
+                  f"{_pct(r.final_test_acc)} %: the seed closest to the arm's mean).")
+
+
+PANELS_TITLE = "Best vs worst arm: what they look at"
+PANELS_INTRO = ("The best and the worst arm by mean final test accuracy, one representative run each (the seed "
+                "closest to the arm's mean), reloaded from model.pt on the CPU: the confusion matrix on the whole "
+                "test set (rows: true class) and Grad-CAM on the same fixed test images (the first of each class "
+                "in turn), for the predicted class (red title: a wrong prediction) and for the true class.")
+
+
 # ----------------------------------------------------------------------------- entry points
 
 
@@ -886,14 +1052,18 @@ def build(sweeps: Sequence[Path | str], conf: ReportConf | None = None, plots: b
 
 
 def write(rep: Report, out: Path) -> Path:
-    """Write report/ (summary.csv, report.md, PNGs, index.html); returns index.html's path."""
+    """Write report/ (summary.csv, report.md, PNGs, best/worst arm panels, index.html); returns index.html."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files.atomic_write_bytes(out / "summary.csv", summary_frame(rep).to_csv(index=False).encode())
     for name, _, png in rep.figures:
         files.atomic_write_bytes(out / name, png)
+    _clear_panels(out)  # an earlier report's panels must not outlive it
+    rep.panels, rep.panels_note = [], None
+    if rep.conf.arm_panels:
+        draw_arm_panels(rep, out)
     files.atomic_write_bytes(out / "report.md", markdown(rep).encode())
-    files.atomic_write_bytes(out / "index.html", html_page(rep).encode())
+    files.atomic_write_bytes(out / "index.html", html_page(rep, out).encode())
     for p in out.iterdir():
         if p.is_file():
             p.chmod(0o644)  # mkstemp made them private; a report is meant to be read and served
@@ -929,11 +1099,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--min-seeds", type=int, help="warn when an arm has fewer finished seeds")
     ap.add_argument("--smoothing", type=float, help="EMA factor of the per-iteration loss curve (0 = raw)")
     ap.add_argument("--seed", type=int, help="bootstrap RNG seed")
+    ap.add_argument("--arm-panels", action=argparse.BooleanOptionalAction, default=None,
+                    help="draw the confusion matrix and Grad-CAM of the best and the worst arm (from model.pt, "
+                         "on the CPU)")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
         path = make_report(a.sweeps, a.out, overfit_gap=a.overfit_gap, bootstrap=a.bootstrap,
-                           confidence=a.confidence, min_seeds=a.min_seeds, smoothing=a.smoothing, seed=a.seed)
+                           confidence=a.confidence, min_seeds=a.min_seeds, smoothing=a.smoothing, seed=a.seed,
+                           arm_panels=a.arm_panels)
     except (ReportError, ConfigError) as e:
         print(f"ablate.report: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -269,6 +270,14 @@ def test_cli_run_dir(run_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.csv", "confusion.png", "feature_maps_conv1.png",
                                                           "feature_maps_pool2.png", "gradcam.png", "layers.txt"]
     assert "on 1000 images" in r.stdout
+
+
+def test_sweep_job_dir_named_like_overrides_is_a_run(run_dir, tmp_path, capsys):
+    job = tmp_path / "model=lenet,trainer.seed=0"  # how a sweep names its job directories
+    shutil.copytree(run_dir, job, ignore=shutil.ignore_patterns("inspect"))
+    assert ins.main([str(job), "inspect.images=2", "inspect.layers=[conv2]"]) == 0
+    assert "on 1000 images; wrote" in capsys.readouterr().out
+    assert (job / "inspect" / "gradcam.png").is_file() and (job / "inspect" / "confusion.csv").is_file()
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import math
 import shutil
 import subprocess
+import sys
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from omegaconf import OmegaConf
@@ -19,6 +22,7 @@ import rundirs
 from ablate import report, stats
 from ablate.callbacks import ReportCallback
 from ablate.config import ConfigError
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -318,3 +322,119 @@ def test_chromium_renders_the_report(sweep3, tmp_path):
     rgb = (img * 255).astype(np.uint32)
     colours = np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2])
     assert colours.size > 50, f"only {colours.size} colours: no text, tables or plots"
+
+
+# ----------------------------------------------------------------------------- best vs worst arm panels
+PANEL_FILES = ["best_confusion.csv", "best_confusion.png", "best_gradcam.png",
+               "worst_confusion.csv", "worst_confusion.png", "worst_gradcam.png"]
+
+
+def _panel_files(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(("best_", "worst_")))
+
+
+def test_best_and_worst_arm_and_their_representative_runs(tmp_path):
+    sweep = rundirs.sweep(tmp_path / "s", {"a": [0.80, 0.84, 0.82], "b": [0.70, 0.72, 0.71], "c": [0.90, 0.91]})
+    for seed in range(2):  # an arm whose every run failed is not ranked, so it is never "the worst"
+        rundirs.write_run(sweep, ["scheduler=d", f"trainer.seed={seed}"], [0.1], status="failed", error="boom")
+    rundirs.write_run(sweep, ["scheduler=a", "trainer.seed=3"], [0.81, 0.82], epochs_planned=5, status="running")
+    for run in sweep.glob("scheduler=*"):
+        (run / "model.pt").write_bytes(b"")
+    rep = report.build([sweep], plots=False)
+    ranked = report.ranked_arms(rep)
+    assert [(a, n) for a, _, n in ranked] == [(("c",), 2), (("a",), 3), (("b",), 3)]
+    assert ranked[0][1] == pytest.approx(0.905)
+    # The counted seed closest to the arm's mean (0.82): seed 2; the incomplete seed 3 never stands for it.
+    rep_run = report.representative_run(rep.arms[("a",)])
+    assert rep_run.seed == 2
+    (rep_run.path / "model.pt").unlink()  # then among the seeds with model.pt; a tie goes to the lower seed
+    assert report.representative_run(rep.arms[("a",)]).seed == 0
+    for run in sweep.glob("scheduler=a,*"):
+        (run / "model.pt").unlink(missing_ok=True)
+    assert report.representative_run(rep.arms[("a",)]) is None
+    assert report.representative_run(rep.arms[("d",)]) is None
+    # One arm only: no pair to draw, one line says so.
+    one = rundirs.sweep(tmp_path / "one", {"step": [0.8, 0.81]})
+    report.make_report([one])
+    assert "No panels: needs two arms with finished runs; this report has 1" in (
+        one / "report" / "report.md").read_text()
+
+
+def test_report_stays_import_light():
+    code = ("import sys, ablate.report; "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'ablate.inspect') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory) -> Path:
+    """A real two-arm sweep (lenet vs simple_cnn, three batches of one epoch each), report written at its end."""
+    tmp = tmp_path_factory.mktemp("panels")
+    sweep = tmp / "sweep"
+    r = run_cli(["-m", "model=lenet,simple_cnn", "trainer.epochs=1", "trainer.batch_size=32",
+                 "trainer.limit_batches=3", "trainer.eval_batch_size=500", "trainer.device=cpu", "augment=none",
+                 f"hydra.sweep.dir={sweep}"], cwd=tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Report: " in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    return sweep
+
+
+def test_report_shows_best_and_worst_arm_side_by_side(real_sweep):
+    out = real_sweep / "report"
+    assert _panel_files(out) == PANEL_FILES
+    assert not list(out.glob(".arm-panels-*"))  # drawn in a temporary folder, renamed in, folder gone
+    rep = report.build([real_sweep], plots=False)
+    ranked = report.ranked_arms(rep)
+    assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1]
+    for role, (arm, _, _) in zip(("best", "worst"), ranked):
+        cm = pd.read_csv(out / f"{role}_confusion.csv", index_col=0)
+        assert cm.shape == (10, 10) and int(cm.to_numpy().sum()) == 1000  # the whole embedded test set
+        run = report.representative_run(rep.arms[arm])
+        # the trainer evaluated the same 1000 images: the matrix's accuracy is the run's (one image of slack)
+        assert np.trace(cm.to_numpy()) / 1000 == pytest.approx(run.final_test_acc, abs=1.5e-3)
+    page = (out / "index.html").read_text()
+    assert "<h2 id='arm-panels'>Best vs worst arm: what they look at</h2>" in page
+    assert page.index("id='panel-best'") < page.index("id='panel-worst'") < page.index("id='runs'")
+    p = _Refs()
+    p.feed(page)
+    assert len(p.imgs) == 5 + 4 and all(s.startswith("data:image/png;base64,") for s in p.imgs)
+    for name in ("best_confusion.png", "best_gradcam.png", "worst_confusion.png", "worst_gradcam.png"):
+        assert base64.b64encode((out / name).read_bytes()).decode() in page
+    assert p.tables == ["table-factor-model", "table-flags", "table-runs"]
+    md = (out / "report.md").read_text()
+    assert "## Best vs worst arm: what they look at" in md
+    assert f"**Best arm: model={ranked[0][0][0]} (mean test accuracy" in md
+    for name in PANEL_FILES:
+        assert f"]({name})" in md
+
+
+def test_panels_are_skipped_with_one_line_never_a_traceback(real_sweep, tmp_path):
+    sweep = tmp_path / "s"
+    shutil.copytree(real_sweep, sweep)  # report/ with both arms' panels included
+    out = sweep / "report"
+    # Turned off: no section, and the earlier report's panels are gone.
+    assert report.main([str(sweep), "--no-arm-panels"]) == 0
+    assert _panel_files(out) == [] and "Best vs worst" not in (out / "index.html").read_text()
+    # The best arm's model.pt deleted: its panel is left out with one line; the worst arm is still drawn.
+    rep = report.build([sweep], plots=False)
+    (best, _, _), (worst, _, _) = report.ranked_arms(rep)
+    best_run, worst_run = (report.representative_run(rep.arms[a]) for a in (best, worst))
+    (best_run.path / "model.pt").unlink()
+    page = report.make_report([sweep]).read_text()
+    assert _panel_files(out) == [f for f in PANEL_FILES if f.startswith("worst_")]
+    line = "No panel: none of its finished runs has a model.pt to reload."
+    assert line in page and line in (out / "report.md").read_text()
+    assert "Traceback" not in page and page.count("<img") == 5 + 2
+    # The worst arm's data set is not on this machine: one line naming it; nothing is downloaded.
+    cfg_path = worst_run.path / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["dataset"].update(name="mnist", source="mnist")
+    cfg["data"] = {"root": str(tmp_path / "no-data"), "download": True}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    page = report.make_report([sweep]).read_text()
+    assert _panel_files(out) == [] and page.count("<img") == 5
+    md = (out / "report.md").read_text()
+    skip = next(x for x in md.splitlines() if x.startswith("- **Worst arm:"))
+    assert "No panel: its data set is not available on this machine: mnist: not found in" in skip
+    assert not (tmp_path / "no-data").exists()
