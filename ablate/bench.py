@@ -3,13 +3,13 @@
 Three measurements, each printed as a table (and written as CSV with ``--out``):
 
 - default: the same model on the same data trained in this one process with
-  each pipeline: ``resident`` (eager), ``resident`` with ``trainer.cuda_graph``
-  (CUDA only) and ``dataloader`` (torchvision transforms in worker processes,
+  each pipeline: ``resident`` eager, ``resident`` with ``trainer.cuda_graph``
+  (CUDA only; the default there) and ``dataloader`` (torchvision transforms in worker processes,
   the tutorials' batch size); images/s and the ratio to the DataLoader path.
 - ``--concurrent 1,2,4,8``: K training processes started together on one
-  device; their summed images/s (each process's median over its steady epochs).
+  device (eager; ``--cuda-graph-concurrent`` for graphed); their summed images/s (each process's median over its steady epochs).
 - ``--grid``: a whole sweep through ``python -m ablate.run -m`` and the joblib
-  launcher, timed end to end from the command's start to its exit (process
+  launcher, with the trainer's defaults, timed end to end from the command's start to its exit (process
   start-up, data loading, evaluation, checkpoints and the report included).
 
 Images/s counts training images only (the trainer's own ``images_per_second``,
@@ -86,11 +86,13 @@ def pipelines(a: argparse.Namespace, work: Path) -> pd.DataFrame:
     import torch
 
     cuda = a.device.startswith("cuda") or (a.device == "auto" and torch.cuda.is_available())
-    variants = [("resident", [f"trainer.batch_size={a.batch_size}", "trainer.pipeline=resident"])]
+    variants = [("resident", [f"trainer.batch_size={a.batch_size}", "trainer.pipeline=resident",
+                              "trainer.cuda_graph=false"])]
     if cuda and a.cuda_graph:
         variants.append(("resident+cuda_graph", [f"trainer.batch_size={a.batch_size}", "trainer.pipeline=resident",
                                                  "trainer.cuda_graph=true"]))
     variants.append(("dataloader", [f"trainer.batch_size={a.loader_batch_size}", "trainer.pipeline=dataloader",
+                                    "trainer.cuda_graph=false",
                                     f"trainer.num_workers={a.workers}"]))
     rows = []
     for name, extra in variants:
@@ -118,8 +120,7 @@ def _worker(args: list[str]) -> int:
 def concurrent(a: argparse.Namespace, work: Path) -> pd.DataFrame:
     """K processes at once, started together; aggregate = sum of their steady images/s."""
     overrides = _common(a) + [f"trainer.batch_size={a.batch_size}"]
-    if a.cuda_graph_concurrent:
-        overrides.append("trainer.cuda_graph=true")
+    overrides.append(f"trainer.cuda_graph={'true' if a.cuda_graph_concurrent else 'false'}")
     rows = []
     for k in [int(s) for s in str(a.concurrent).split(",")]:
         d = work / f"concurrent-{k}"

@@ -66,6 +66,13 @@ def lr_to_tensor(optimizer: torch.optim.Optimizer, device: torch.device) -> None
             g["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
 
 
+def lr_to_float(optimizer: torch.optim.Optimizer) -> None:
+    """Plain float lrs again, for eager training resumed from a graphed run's checkpoint."""
+    for g in optimizer.param_groups:
+        if isinstance(g["lr"], Tensor):
+            g["lr"] = float(g["lr"])
+
+
 class CudaGraphs:
     """The real thing: warm-up on a side stream, capture with ``torch.cuda.graph``."""
 

@@ -34,7 +34,10 @@ log = logging.getLogger("ablate")
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "augment", "regularization", "trainer")
 PRESETS = ("experiment", "variant", "hparams_search")  # preset groups whose choice is recorded too
 # Keys that change neither what a run computes nor its results: not part of its identity.
-NOT_IDENTITY = {("trainer", "fail_fast"), ("trainer", "log_every"), ("trainer", "failure_value")}
+# Speed options are left out too: a run resumed with or without them continues the same run.
+NOT_IDENTITY = {("trainer", "fail_fast"), ("trainer", "log_every"), ("trainer", "failure_value"),
+                ("trainer", "cuda_graph"), ("trainer", "compile"), ("trainer", "num_workers"),
+                ("trainer", "cudnn_benchmark")}
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -55,7 +55,7 @@ class TrainerConf:
     amp: str = "auto"
     channels_last: str = "auto"
     compile: bool = False
-    cuda_graph: bool = False
+    cuda_graph: str = "auto"
     cudnn_benchmark: bool = True
     checkpoint_every: int = 1
     fail_fast: bool = False
@@ -70,6 +70,7 @@ class TrainerConf:
         one_of("trainer.pipeline", self.pipeline, ("resident", "dataloader"))
         one_of("trainer.amp", self.amp, ("auto", "bf16", "off"))
         one_of("trainer.channels_last", str(self.channels_last).lower(), ("auto", "true", "false"))
+        one_of("trainer.cuda_graph", str(self.cuda_graph).lower(), ("auto", "true", "false"))
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                 "trainer.device", self.device, "must be auto, cpu, cuda or cuda:N")
 
@@ -232,10 +233,11 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
         raise ConfigError(f"trainer.eval_every={t.eval_every} is invalid: scheduler=plateau steps on the "
                           "test loss and needs trainer.eval_every=1")
     device = resolve_device(t.device)
-    no_graph = graph.obstacle(device, t.pipeline) if t.cuda_graph else None
-    if no_graph:
+    want_graph = str(t.cuda_graph).lower()
+    no_graph = graph.obstacle(device, t.pipeline) if want_graph != "false" else None
+    if no_graph and want_graph == "true":
         log.warning("cuda_graph requested but %s: running eager", no_graph)
-    graphed = t.cuda_graph and not no_graph
+    graphed = want_graph != "false" and not no_graph
     prepare_backends(t, device)
     seed_everything(t.seed)
     amp = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
@@ -257,8 +259,8 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
                    params=count_parameters(model), epochs_planned=t.epochs, device=str(device),
                    torch_version=torch.__version__, seed=t.seed, run_dir=str(run_dir))
     rows, start_epoch, seconds = _resume(run_dir, config_hash, model, optimizer, scheduler)
-    if graphed:
-        graph.lr_to_tensor(optimizer, device)  # after the resume: load_state_dict puts a host lr back
+    # After the resume, whose load_state_dict puts back the lr the checkpoint had (float or tensor).
+    graph.lr_to_tensor(optimizer, device) if graphed else graph.lr_to_float(optimizer)
     if start_epoch:
         log.info("resuming %s after epoch %d/%d", run_dir.name, start_epoch, t.epochs)
     summary.update(_results(rows), seconds=seconds)

@@ -104,6 +104,17 @@ def test_cuda_graph_on_cpu_runs_eager_and_says_why(cfg_factory, tmp_path, caplog
     pd.testing.assert_frame_equal(runs["eager"][cols], runs["graph"][cols])
 
 
+def test_cuda_graph_is_a_speed_option_not_part_of_a_runs_identity(cfg_factory):
+    from ablate.run import config_hash
+
+    base = config_hash(cfg_factory())
+    assert config_hash(cfg_factory("trainer.cuda_graph=true")) == base
+    assert config_hash(cfg_factory("trainer.cuda_graph=false", "trainer.num_workers=0")) == base
+    assert config_hash(cfg_factory("optimizer.lr=0.5")) != base
+    with pytest.raises(Exception, match="trainer.cuda_graph"):
+        fit(cfg_factory("trainer.cuda_graph=sometimes"), ROOT / "never-written", "h")
+
+
 def test_lr_tensor_is_updated_in_place_by_every_scheduler_kind(cfg_factory):
     """The graph reads the lr tensor's memory: schedulers must fill it, not replace it."""
     for name in ("step", "cosine", "plateau", "onecycle", "warmup_cosine"):
