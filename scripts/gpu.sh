@@ -24,9 +24,9 @@ for s in "$@"; do
     agree_graph) step agree_graph 200 python3 -m ablate.bench --no-pipelines --grid --jobs 6 --grid-epochs 10 \
         --grid-axes trainer.cuda_graph=false,true trainer.seed=0,1,2 --sweep-dir /tmp/agree_graph \
         && cp /tmp/agree_graph/report/report.md "$OUT/agree_graph.md" ;;
-    bench) step bench 200 python3 -m ablate.bench --epochs 3 ;;
+    bench) step bench 200 python3 -m ablate.bench --epochs 5 ;;
     concurrent) step concurrent 200 python3 -m ablate.bench --no-pipelines --concurrent 1,2,4,8 --epochs 4 ;;
-    concurrent_graph) step concurrent_graph 200 python3 -m ablate.bench --no-pipelines --concurrent 1,2,4 --epochs 4 --cuda-graph-concurrent ;;
+    concurrent_graph) step concurrent_graph 200 python3 -m ablate.bench --no-pipelines --concurrent 1,2,4,8 --epochs 4 --cuda-graph-concurrent ;;
     grid) step grid 300 python3 -m ablate.bench --no-pipelines --grid --jobs "${JOBS:-4}" ;;
     *) echo "unknown step $s" ;;
   esac
