@@ -54,7 +54,7 @@ def compose(overrides: Sequence[str]) -> Any:
 
 def train_once(overrides: Sequence[str], workdir: Path) -> dict[str, Any]:
     """Train one run into ``workdir`` and return its speed and result."""
-    from .files import EPOCHS_CSV
+    from .files import EPOCHS_CSV, STEPS_CSV
     from .train import fit, release
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,9 @@ def train_once(overrides: Sequence[str], workdir: Path) -> dict[str, Any]:
         raise RuntimeError(f"benchmark run {' '.join(overrides)} {summary['status']}: {summary.get('error')}")
     epochs = pd.read_csv(workdir / EPOCHS_CSV)
     steady = epochs["images_per_second"].iloc[1:] if len(epochs) > 1 else epochs["images_per_second"]
+    images = len(pd.read_csv(workdir / STEPS_CSV)) * int(cfg.trainer.batch_size)  # every step is a full batch
     return dict(images_per_second=float(steady.median()), first_epoch_ips=float(epochs["images_per_second"].iloc[0]),
+                images=images,
                 test_acc=summary["final_test_acc"], epochs=len(epochs), wall_seconds=wall, device=summary["device"])
 
 
@@ -113,12 +115,17 @@ def _worker(args: list[str]) -> int:
     Path(ready).touch()
     while not Path(go).exists():
         time.sleep(0.01)
-    print("BENCH_RESULT " + json.dumps(train_once(overrides, Path(work))), flush=True)
+    r = train_once(overrides, Path(work))
+    r["finished_at"] = time.time()
+    print("BENCH_RESULT " + json.dumps(r), flush=True)
     return 0
 
 
 def concurrent(a: argparse.Namespace, work: Path) -> pd.DataFrame:
-    """K processes at once, started together; aggregate = sum of their steady images/s."""
+    """K processes at once, released together. Two aggregates: the sum of each process's steady
+    images/s (optimistic when runs are short: their steady epochs may not overlap), and every
+    training image of every process over the wall time from the release to the last exit
+    (conservative: CUDA start-up, warm-up, evaluation and checkpoints count as idle time)."""
     overrides = _common(a) + [f"trainer.batch_size={a.batch_size}"]
     overrides.append(f"trainer.cuda_graph={'true' if a.cuda_graph_concurrent else 'false'}")
     rows = []
@@ -134,6 +141,7 @@ def concurrent(a: argparse.Namespace, work: Path) -> pd.DataFrame:
                 break
             time.sleep(0.05)
         go.touch()
+        released = time.time()
         results = []
         for p in procs:
             out, err = p.communicate()
@@ -142,7 +150,9 @@ def concurrent(a: argparse.Namespace, work: Path) -> pd.DataFrame:
                 raise RuntimeError(f"concurrent worker failed (exit {p.returncode}): {err.strip().splitlines()[-1:]}")
             results.append(json.loads(line[-1].split(" ", 1)[1]))
         ips = [r["images_per_second"] for r in results]
+        wall = max(r["finished_at"] for r in results) - released
         rows.append(dict(processes=k, aggregate_images_per_second=sum(ips), per_process=statistics.mean(ips),
+                         wall_images_per_second=sum(r["images"] for r in results) / wall,
                          min_test_acc=min(r["test_acc"] for r in results)))
         print(f"bench: K={k}: {sum(ips):,.0f} images/s together", flush=True)
     df = pd.DataFrame(rows)

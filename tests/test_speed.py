@@ -220,6 +220,7 @@ def test_bench_smoke_runs_every_mode(tmp_path):
     assert pipes.vs_dataloader.iloc[-1] == pytest.approx(1.0)
     conc = pd.read_csv(tmp_path / "concurrent.csv")
     assert list(conc.processes) == [2] and conc.aggregate_images_per_second.iloc[0] > 0
+    assert 0 < conc.wall_images_per_second.iloc[0] <= conc.aggregate_images_per_second.iloc[0] * 1.5
     g = pd.read_csv(tmp_path / "grid.csv")
     assert g.completed.iloc[0] == g.runs.iloc[0] == 2 and bool(g.report.iloc[0])
 
