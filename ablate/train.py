@@ -7,7 +7,8 @@ The training split stays resident on the device as uint8 (``trainer.pipeline=res
 each epoch draws a permutation there, batches are gathered by indexing and
 augmented batched on the device. Loss and accuracy accumulate on the device and
 are read once per ``log_every`` steps and once per epoch, so a GPU never waits
-for the host.
+for the host. On CUDA the whole step is replayed as one CUDA graph
+(``trainer.cuda_graph``, :mod:`ablate.graph`); ``summary.json`` says which ran.
 """
 
 from __future__ import annotations
@@ -326,7 +327,8 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
                  epoch, t.epochs, lr, train_loss, 100 * train_acc,
                  "-" if test_loss is None else f"{test_loss:.4f}",
                  "-" if test_acc is None else f"{100 * test_acc:.2f}%", epoch_seconds, row["images_per_second"])
-        summary.update(_results(rows), seconds=seconds)
+        summary.update(_results(rows), seconds=seconds,
+                       step_mode="cuda_graph" if graphed and not step_fn.eager else "eager")
         if diverged:
             summary.update(status="diverged", error=f"non-finite training loss in epoch {epoch}")
             files.atomic_write_json(run_dir / files.SUMMARY_JSON, summary)

@@ -97,7 +97,8 @@ def test_cuda_graph_on_cpu_runs_eager_and_says_why(cfg_factory, tmp_path, caplog
     for name, extra in (("eager", []), ("graph", ["trainer.cuda_graph=true"])):
         (tmp_path / name).mkdir()
         with caplog.at_level(logging.WARNING, logger="ablate"):
-            fit(cfg_factory("trainer.device=cpu", *extra), tmp_path / name, "h")
+            s = fit(cfg_factory("trainer.device=cpu", *extra), tmp_path / name, "h")
+        assert s["step_mode"] == "eager"
         runs[name] = pd.read_csv(tmp_path / name / "epochs.csv")
     assert "cuda_graph requested but device is cpu: running eager" in caplog.text
     cols = ["lr", "train_loss", "train_acc", "test_loss", "test_acc"]
