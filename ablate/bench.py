@@ -230,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parse(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     tables: dict[str, pd.DataFrame] = {}
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     from .data import DataError
 
     try:
@@ -241,10 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tables["concurrent"] = concurrent(a, work)
             if a.grid:
                 tables["grid"] = grid(a, work)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, RuntimeError) as e:
         sys.exit(f"ablate.bench: {e}")
-    except RuntimeError as e:
-        sys.exit(f"ablate.bench: {e}")
+    except (HydraException, OmegaConfBaseException) as e:  # an unknown option or key: Hydra's first sentence
+        sys.exit(f"ablate.bench: {' '.join(str(e).split('Config search path')[0].split()) or type(e).__name__}")
     import torch
 
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() and a.device != "cpu" else "cpu"

@@ -236,3 +236,12 @@ def test_dataloader_workers_start_inside_joblib_jobs(tmp_path):
     import json
     summaries = [json.loads(f.read_text()) for f in sweep.glob("*/summary.json")]
     assert [s["status"] for s in summaries] == ["completed"] * 2, [s.get("error") for s in summaries]
+
+
+def test_bench_bad_option_is_one_line():
+    p = subprocess.run([sys.executable, "-m", "ablate.bench", "--dataset", "nosuch", "--no-cuda-graph"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=_path()))
+    assert p.returncode == 1
+    last = p.stderr.strip().splitlines()
+    assert last == ["ablate.bench: In 'config': Could not find 'dataset/nosuch' Available options in 'dataset': "
+                    "cifar10 cifar2 fashion_mnist fashion_mnist_mini mnist"], p.stderr[-1000:]
