@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import CONF_DIR, ConfigError
+from .config import ConfigError
 
 GRID = ("scheduler=step,cosine,plateau", "model=lenet,simple_cnn,cnn3", "trainer.seed=0,1,2")
 SMOKE = dict(dataset="fashion_mnist_mini", model="lenet", epochs=2, limit_batches=8, loader_batch_size=64,
@@ -43,13 +43,10 @@ SMOKE = dict(dataset="fashion_mnist_mini", model="lenet", epochs=2, limit_batche
 
 
 def compose(overrides: Sequence[str]) -> Any:
-    """The training config ``conf/config.yaml`` with Hydra overrides, as ``python -m ablate.run`` composes it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    """The training config with Hydra overrides (imports the trainer: called only where it is needed)."""
+    from .run import compose as run_compose
 
-    from . import run  # noqa: F401  (registers every group's schema)
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+    return run_compose(overrides)
 
 
 def train_once(overrides: Sequence[str], workdir: Path) -> dict[str, Any]:

@@ -33,7 +33,6 @@ from torch import Tensor, nn
 
 from .config import ConfigError, positive, require, store_schema, typed
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 INSPECT_DIR = "inspect"
 USAGE = ("usage: python -m ablate.inspect model=NAME dataset=NAME [overrides]   (layer table)\n"
          "       python -m ablate.inspect RUN_DIR [inspect.KEY=VALUE ...] [data.root=DIR]   "
@@ -145,12 +144,9 @@ def format_table(model: nn.Module, input_shape: Sequence[int], title: str = "") 
 # ----------------------------------------------------------------------------- config
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """``conf/inspect.yaml`` (the training config plus ``inspect``) with Hydra overrides."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from .run import compose as run_compose  # imported late: report imports us, run imports report
 
-    from . import run  # noqa: F401  (registers every group's schema; imported late: report imports us)
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("inspect", overrides=list(overrides))
+    return run_compose(overrides, "inspect")
 
 
 def model_report(cfg: DictConfig) -> str:

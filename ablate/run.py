@@ -17,6 +17,7 @@ import shutil
 import sys
 import traceback
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import hydra
@@ -25,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import files, report  # noqa: F401  (report registers schema/report/base)
-from .config import ConfigError
+from .config import CONF_DIR, ConfigError
 from .data import DataError
 from .train import CheckpointError, fit, release  # also registers every group's schema before Hydra composes
 
@@ -38,6 +39,15 @@ PRESETS = ("experiment", "variant", "hparams_search")  # preset groups whose cho
 NOT_IDENTITY = {("trainer", "fail_fast"), ("trainer", "log_every"), ("trainer", "failure_value"),
                 ("trainer", "cuda_graph"), ("trainer", "compile"), ("trainer", "num_workers"),
                 ("trainer", "cudnn_benchmark")}
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """``conf/<config_name>.yaml`` with Hydra overrides, composed as ``python -m ablate.run`` does
+    (every group's schema is registered by this module's imports), for tools outside a Hydra job."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -188,8 +188,8 @@ class ResidentBatches:
 
 
 def make_batches(data: TensorData, t: TrainerConf, aug_cfg, device: torch.device):
-    aug = BatchAugment(aug_cfg, data.mean, data.std)
     if t.pipeline == "resident":
+        aug = BatchAugment(aug_cfg, data.mean, data.std)
         return ResidentBatches(data.train_x, data.train_y, t.batch_size, aug, device, t.limit_batches)
     from .loader import LoaderBatches  # the classic torchvision DataLoader path
 
@@ -292,7 +292,7 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
         lrs, diverged = [], False
         t0 = time.perf_counter()
         for i, batch in enumerate(batches.indices() if graphed else batches):
-            lrs.append(_lr_now(optimizer))
+            lrs.append(_lr_now(optimizer) if interval == "step" else lr)  # epoch schedulers: fixed all epoch
             losses[i], c = step_fn(batch)
             correct += c
             if interval == "step" and scheduler is not None:
