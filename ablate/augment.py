@@ -19,56 +19,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING
 from torch import Tensor
 
-from .config import non_negative, probability, require, store_schema, typed
+from .config import AugmentConf, typed
 
 _ERASE_RATIO = (0.3, 3.3)
 _ERASE_TRIES = 10  # torchvision's RandomErasing attempts per image
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
-
-
-@dataclass
-class AugmentConf:
-    """One ``conf/augment/*.yaml``; every knob at 0 turns its op off."""
-
-    name: str = MISSING
-    crop_padding: int = 0  # RandomCrop(size, padding) with zero fill
-    hflip: float = 0.0  # probability
-    brightness: float = 0.0  # ColorJitter: factor uniform in [max(0, 1-b), 1+b]
-    contrast: float = 0.0
-    saturation: float = 0.0
-    hue: float = 0.0  # shift uniform in [-hue, hue], hue <= 0.5
-    rotation: float = 0.0  # degrees, uniform in [-r, r], nearest, zero fill
-    erasing: float = 0.0  # RandomErasing probability, value 0 after Normalize
-    erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.33])
-
-    def __post_init__(self) -> None:
-        non_negative("augment", self, "crop_padding", "brightness", "contrast", "saturation", "rotation")
-        probability("augment", self, "hflip", "erasing")
-        require(0.0 <= self.hue <= 0.5, "augment.hue", self.hue, "must be in [0, 0.5]")
-        require(self.rotation <= 180.0, "augment.rotation", self.rotation, "must be <= 180 degrees")
-        s = list(self.erasing_scale)
-        require(len(s) == 2 and 0.0 < s[0] <= s[1] <= 1.0, "augment.erasing_scale", s,
-                "must be [lo, hi] with 0 < lo <= hi <= 1")
-        self.erasing_scale = [float(v) for v in s]
-
-    @property
-    def jitter(self) -> bool:
-        return any(v > 0 for v in (self.brightness, self.contrast, self.saturation, self.hue))
-
-    @property
-    def is_identity(self) -> bool:
-        return not (self.crop_padding or self.hflip or self.jitter or self.rotation or self.erasing)
-
-
-store_schema("augment", "base", AugmentConf)
 
 
 def _stats(mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, device: torch.device) -> tuple[Tensor, Tensor]:

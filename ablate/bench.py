@@ -35,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from .compose import compose
 from .config import ConfigError
 
 GRID = ("scheduler=step,cosine,plateau", "model=lenet,simple_cnn,cnn3", "trainer.seed=0,1,2")
@@ -42,16 +43,9 @@ SMOKE = dict(dataset="fashion_mnist_mini", model="lenet", epochs=2, limit_batche
              workers=0, concurrent="1,2", grid=("scheduler=step,cosine",), grid_epochs=1, jobs=2)
 
 
-def compose(overrides: Sequence[str]) -> Any:
-    """The training config with Hydra overrides (imports the trainer: called only where it is needed)."""
-    from .run import compose as run_compose
-
-    return run_compose(overrides)
-
-
 def train_once(overrides: Sequence[str], workdir: Path) -> dict[str, Any]:
     """Train one run into ``workdir`` and return its speed and result."""
-    from .files import EPOCHS_CSV, STEPS_CSV
+    from .rundir import EPOCHS_CSV, STEPS_CSV
     from .train import fit, release
 
     workdir.mkdir(parents=True, exist_ok=True)

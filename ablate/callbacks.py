@@ -14,6 +14,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .config import ReportConf
+
 log = logging.getLogger("ablate")
 
 
@@ -43,7 +45,7 @@ class ReportCallback(Callback):
             runs = report.find_runs(sweep)
             print(f"Runs: {len(runs)} job dir(s) in {sweep}/", flush=True)
             path = report.make_report([sweep], **{k: v for k, v in knobs.items()
-                                                  if k in report.ReportConf.__dataclass_fields__})
+                                                  if k in ReportConf.__dataclass_fields__})
             print(f"Report: {path}", flush=True)
         except Exception as e:  # noqa: BLE001
             log.warning("report callback: no report written (%s: %s); run python -m ablate.report %s",

@@ -1,4 +1,4 @@
-"""Config schemas, registries and validation.
+"""What a run is made of: config schemas, registries, validation, and a run's identity.
 
 Every config group option (``conf/<group>/<name>.yaml``) is typed by a dataclass
 registered in Hydra's ConfigStore under ``schema/<group>/<name>``; the YAML pulls
@@ -7,30 +7,38 @@ or a wrong type is then refused by Hydra when the job's config is composed, and
 range checks run in each dataclass's ``__post_init__`` when :func:`typed` turns
 the node into an object (OmegaConf itself never calls ``__post_init__``).
 
-A new option is one YAML file plus one builder registered with
-:meth:`Registry.register`; nothing else needs touching.
+Groups with one schema (trainer, dataset, augment, ...) are typed here. Groups of
+named builders (model, optimizer, scheduler) keep each schema beside its builder
+in a :class:`Registry` (``ablate/models.py``, ``ablate/optim.py``): a new option
+there is one YAML file plus one registered builder.
+
+This module imports no torch: composing a config (``--help``, ``--cfg job``,
+shell completion) stays fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 T = TypeVar("T")
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the config groups (an editable install keeps them here)
 
 
 class ConfigError(ValueError):
     """A bad value in the config; the message is one line that names the key."""
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the config groups (an editable install keeps them here)
-
-
+# --------------------------------------------------------------------------- checks
 def require(ok: bool, key: str, value: Any, what: str) -> None:
     """Raise a one-line :class:`ConfigError` naming ``key`` unless ``ok``."""
     if not ok:
@@ -55,43 +63,14 @@ def probability(group: str, obj: Any, *fields: str) -> None:
         require(v is not None and 0.0 <= v <= 1.0, f"{group}.{f}", v, "must be a probability in [0, 1]")
 
 
+def one_of(key: str, value: Any, allowed: Iterable[Any]) -> None:
+    allowed = list(allowed)
+    require(value in allowed, key, value, f"must be one of {', '.join(map(str, allowed))}")
+
+
 def store_schema(group: str, name: str, schema: type) -> None:
     """Register ``schema`` as ``schema/<group>/<name>`` for the YAML's defaults list."""
     ConfigStore.instance().store(group=f"schema/{group}", name=name, node=schema)
-
-
-class Registry:
-    """Name -> (schema, builder) for one config group (models, optimizers, ...)."""
-
-    def __init__(self, group: str) -> None:
-        self.group = group
-        self.builders: dict[str, Callable[..., Any]] = {}
-        self.schemas: dict[str, type] = {}
-
-    def register(self, name: str, schema: type) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        def deco(fn: Callable[..., T]) -> Callable[..., T]:
-            self.builders[name] = fn
-            self.schemas[name] = schema
-            store_schema(self.group, name, schema)
-            return fn
-
-        return deco
-
-    def names(self) -> list[str]:
-        return sorted(self.builders)
-
-    def typed(self, cfg: Any) -> Any:
-        """The option's dataclass instance, range-checked."""
-        name = cfg.name if not isinstance(cfg, dict) else cfg["name"]
-        if name not in self.schemas:
-            raise ConfigError(
-                f"{self.group}.name={name!r} has no registered builder; known: {', '.join(self.names())}"
-            )
-        return typed(cfg, self.schemas[name])
-
-    def build(self, cfg: Any, *args: Any, **kwargs: Any) -> Any:
-        obj = self.typed(cfg)
-        return self.builders[obj.name](obj, *args, **kwargs)
 
 
 def typed(cfg: Any, schema: type[T]) -> T:
@@ -110,28 +89,254 @@ def typed(cfg: Any, schema: type[T]) -> T:
     return schema(**cfg)
 
 
-def plain(cfg: Any) -> Any:
-    """A JSON-friendly copy of a config node or dataclass."""
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return dataclasses.asdict(cfg)
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
+class Registry:
+    """Name -> (schema, builder) for one config group (models, optimizers, ...).
+
+    What a builder can do (a scheduler's interval, an optimizer's fused kernel) is
+    data on its schema (``ClassVar``s), read through :meth:`schema_of`, so no other
+    module ever checks an option by its name."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.builders: dict[str, Callable[..., Any]] = {}
+        self.schemas: dict[str, type] = {}
+
+    def register(self, name: str, schema: type) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def deco(fn: Callable[..., T]) -> Callable[..., T]:
+            self.builders[name] = fn
+            self.schemas[name] = schema
+            store_schema(self.group, name, schema)
+            return fn
+
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(self.builders)
+
+    def schema_of(self, cfg: Any) -> type:
+        name = cfg.name if not isinstance(cfg, dict) else cfg["name"]
+        if name not in self.schemas:
+            raise ConfigError(
+                f"{self.group}.name={name!r} has no registered builder; known: {', '.join(self.names())}"
+            )
+        return self.schemas[name]
+
+    def typed(self, cfg: Any) -> Any:
+        """The option's dataclass instance, range-checked."""
+        return typed(cfg, self.schema_of(cfg))
+
+    def build(self, cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        obj = self.typed(cfg)
+        return self.builders[obj.name](obj, *args, **kwargs)
 
 
-def one_of(key: str, value: Any, allowed: Iterable[Any]) -> None:
-    allowed = list(allowed)
-    require(value in allowed, key, value, f"must be one of {', '.join(map(str, allowed))}")
+# --------------------------------------------------------------------------- one-schema groups
+@dataclass
+class TrainerConf:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    eval_every: int = 1
+    log_every: int = 50
+    limit_batches: Optional[int] = None
+    limit_eval_batches: Optional[int] = None
+    pipeline: str = "resident"
+    num_workers: int = 4
+    amp: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    cuda_graph: str = "auto"
+    cudnn_benchmark: bool = True
+    checkpoint_every: int = 1
+    fail_fast: bool = False
+    failure_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        positive("trainer", self, "epochs", "batch_size", "eval_batch_size", "eval_every", "log_every")
+        non_negative("trainer", self, "seed", "num_workers", "checkpoint_every")
+        for key in ("limit_batches", "limit_eval_batches"):
+            v = getattr(self, key)
+            require(v is None or v > 0, f"trainer.{key}", v, "must be > 0 or null")
+        one_of("trainer.pipeline", self.pipeline, ("resident", "dataloader"))
+        one_of("trainer.amp", self.amp, ("auto", "bf16", "off"))
+        one_of("trainer.channels_last", str(self.channels_last).lower(), ("auto", "true", "false"))
+        one_of("trainer.cuda_graph", str(self.cuda_graph).lower(), ("auto", "true", "false"))
+        require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+                "trainer.device", self.device, "must be auto, cpu, cuda or cuda:N")
 
 
-def _subdir(override_dirname: str) -> str:
-    """Job dir name: the overrides (``model=cnn3,scheduler=step``), or ``default``."""
-    return override_dirname or "default"
+@dataclass
+class RegularizationConf:
+    name: str = "none"
+    weight_decay: float = 0.0      # the optimizer's (decoupled for adamw)
+    l2: float = 0.0                # explicit l2 * sum(w^2) over all parameters, added to the loss
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        non_negative("regularization", self, "weight_decay", "l2")
+        require(0.0 <= self.label_smoothing < 1.0, "regularization.label_smoothing", self.label_smoothing,
+                "must be in [0, 1)")
+
+
+@dataclass
+class DatasetConf:
+    name: str = MISSING
+    source: str = MISSING                # a reader registered in ablate/data.py (SOURCES)
+    classes: Optional[list[int]] = None  # original label ids to keep, relabelled 0..k-1 in this order
+    mean: Optional[list[float]] = None   # per channel in [0, 1] units; None = computed from train and cached
+    std: Optional[list[float]] = None
+
+    def __post_init__(self) -> None:
+        require((self.mean is None) == (self.std is None), "dataset.mean", self.mean,
+                "set dataset.mean and dataset.std together, or neither")
+        require(self.std is None or all(s > 0 for s in self.std), "dataset.std", self.std, "must be > 0")
+        require(self.mean is None or len(self.mean) == len(self.std), "dataset.std", self.std,
+                "needs as many values as dataset.mean (one per channel)")
+        require(self.classes is None or (len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)),
+                "dataset.classes", self.classes, "must list at least two distinct label ids")
+
+
+@dataclass
+class DataConf:
+    root: str = MISSING
+    download: bool = False
+
+
+@dataclass
+class AugmentConf:
+    """One ``conf/augment/*.yaml``; every knob at 0 turns its op off."""
+
+    name: str = MISSING
+    crop_padding: int = 0  # RandomCrop(size, padding) with zero fill
+    hflip: float = 0.0  # probability
+    brightness: float = 0.0  # ColorJitter: factor uniform in [max(0, 1-b), 1+b]
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0  # shift uniform in [-hue, hue], hue <= 0.5
+    rotation: float = 0.0  # degrees, uniform in [-r, r], nearest, zero fill
+    erasing: float = 0.0  # RandomErasing probability, value 0 after Normalize
+    erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.33])
+
+    def __post_init__(self) -> None:
+        non_negative("augment", self, "crop_padding", "brightness", "contrast", "saturation", "rotation")
+        probability("augment", self, "hflip", "erasing")
+        require(0.0 <= self.hue <= 0.5, "augment.hue", self.hue, "must be in [0, 0.5]")
+        require(self.rotation <= 180.0, "augment.rotation", self.rotation, "must be <= 180 degrees")
+        s = list(self.erasing_scale)
+        require(len(s) == 2 and 0.0 < s[0] <= s[1] <= 1.0, "augment.erasing_scale", s,
+                "must be [lo, hi] with 0 < lo <= hi <= 1")
+        self.erasing_scale = [float(v) for v in s]
+
+    @property
+    def jitter(self) -> bool:
+        return any(v > 0 for v in (self.brightness, self.contrast, self.saturation, self.hue))
+
+
+@dataclass
+class ReportConf:
+    """How the comparison report reads a sweep (``conf/report/default.yaml``)."""
+
+    overfit_gap: float = 0.10  # flag a run whose final train - test accuracy exceeds this
+    bootstrap: int = 5000  # bootstrap resamples for verdict intervals
+    confidence: float = 0.95
+    min_seeds: int = 3  # warn when an arm has fewer finished seeds
+    smoothing: float = 0.9  # EMA factor (weight of the past) for the per-iteration loss curve
+    seed: int = 0  # bootstrap RNG seed: the same runs always give the same report
+    arm_panels: bool = True  # confusion matrix + Grad-CAM of the best and the worst arm (from model.pt, on CPU)
+
+    def __post_init__(self) -> None:
+        probability("report", self, "overfit_gap", "smoothing")
+        positive("report", self, "bootstrap", "min_seeds")
+        require(0.0 < self.confidence < 1.0, "report.confidence", self.confidence, "must be in (0, 1)")
+        require(self.smoothing < 1.0, "report.smoothing", self.smoothing, "must be < 1")
+
+
+@dataclass
+class InspectConf:
+    """What ``python -m ablate.inspect RUN_DIR`` draws (``conf/inspect.yaml``)."""
+
+    layers: Optional[list[str]] = None  # layers whose feature maps are drawn; None = every Conv2d
+    gradcam_layer: Optional[str] = None  # layer Grad-CAM hooks; None = the last Conv2d
+    images: int = 8  # fixed test images drawn (the first image of each class in turn)
+    channels: int = 16  # at most this many channels per feature-map grid
+    batch_size: int = 1024  # for the confusion matrix
+    device: str = "auto"
+    out_dir: Optional[str] = None  # None = RUN_DIR/inspect
+
+    def __post_init__(self) -> None:
+        positive("inspect", self, "images", "channels", "batch_size")
+
+
+for _group, _schema in (("trainer", TrainerConf), ("regularization", RegularizationConf), ("dataset", DatasetConf),
+                        ("augment", AugmentConf), ("report", ReportConf), ("inspect", InspectConf)):
+    store_schema(_group, "base", _schema)
+
+
+# --------------------------------------------------------------------------- what a run is
+# A run is its choice in each of these groups, as resolved...
+RUN_GROUPS = ("dataset", "model", "optimizer", "scheduler", "augment", "regularization", "trainer")
+# ...set directly or through a preset (whose choice is recorded too)...
+PRESET_GROUPS = ("experiment", "variant", "hparams_search")
+# ...minus the keys that say how or where it runs, not what it computes. A finished run relaunched with
+# another value of these is the same run: skipped, or resumed where it stopped.
+# How it executes: a report may still compare these (sweeps run once per value, merged).
+EXECUTION_KEYS = frozenset({
+    "trainer.device", "trainer.pipeline", "trainer.num_workers", "trainer.channels_last", "trainer.compile",
+    "trainer.cuda_graph", "trainer.cudnn_benchmark", "trainer.eval_batch_size",
+})
+# Bookkeeping: never a difference between runs.
+BOOKKEEPING_KEYS = frozenset({"trainer.log_every", "trainer.checkpoint_every", "trainer.fail_fast",
+                              "trainer.failure_value"})
+NOT_IDENTITY = EXECUTION_KEYS | BOOKKEEPING_KEYS
+# trainer.amp stays in the identity: bf16 and float32 are different arithmetic, and a sweep over them
+# must give two runs.
+
+
+def _key(override_key: str) -> str:
+    return override_key.lstrip("+~").split("@", 1)[0]
+
+
+def is_identity_key(key: str) -> bool:
+    """Whether an override key (``trainer.seed``, ``scheduler``, ``+variant``) changes what a run is.
+
+    Everything outside the run's groups (``data.*``, ``report.*``, ``dry_run``,
+    ``hydra/launcher``, ...) says where or how a run is read, never what it is."""
+    key = _key(key)
+    group = key.split(".", 1)[0]
+    return (group in RUN_GROUPS or group in PRESET_GROUPS) and key not in NOT_IDENTITY
+
+
+def is_factor_key(key: str) -> bool:
+    """Whether runs that differ in this key may be compared on it in a report: identity or execution keys."""
+    return is_identity_key(key) or _key(key) in EXECUTION_KEYS
+
+
+def config_hash(cfg: DictConfig | dict) -> str:
+    """Identity of a run: the resolved config of :data:`RUN_GROUPS` minus :data:`NOT_IDENTITY`."""
+    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    d = {k: v for k, v in d.items() if k in RUN_GROUPS}
+    for key in NOT_IDENTITY:
+        group, name = key.split(".", 1)
+        if isinstance(d.get(group), dict):
+            d[group] = {k: v for k, v in d[group].items() if k != name}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def job_dirname(overrides: Sequence[str]) -> str:
+    """A sweep job's directory name: its identity overrides, sorted (``scheduler=step,trainer.seed=1``).
+
+    Named from the overrides, never from the job number, so a relaunch finds the
+    same directory; ``default`` when no override belongs to the run's identity."""
+    lines = sorted(str(o) for o in overrides if "=" in str(o) and is_identity_key(str(o).split("=", 1)[0]))
+    return ",".join(lines) or "default"
 
 
 def _register_resolvers() -> None:
     for name, fn in {
-        "ablate_subdir": _subdir,
+        "ablate_subdir": lambda task: job_dirname(list(task) if isinstance(task, (list, ListConfig)) else []),
         "multiply": lambda a, b: float(a) * float(b),
         # hydra.output_subdir: a dry run writes no .hydra/, so it never touches a real run's record.
         "ablate_hydra_subdir": lambda dry_run: None if dry_run else ".hydra",

@@ -16,15 +16,17 @@ import json
 import pickle
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import torch
-from omegaconf import MISSING
 
-from .config import one_of, require, store_schema, typed
+from .config import DataConf, DatasetConf, require, typed
+
+if TYPE_CHECKING:
+    import torch
 
 # Debian's package dataset-fashion-mnist installs the four IDX files here.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -33,37 +35,8 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Ankle boot"]
 MNIST_CLASSES = [str(i) for i in range(10)]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-SOURCES = ("embedded", "fashion_mnist", "mnist", "cifar10")
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
-
-@dataclass
-class DatasetConf:
-    name: str = MISSING
-    source: str = MISSING
-    classes: Optional[list[int]] = None  # original label ids to keep, relabelled 0..k-1 in this order
-    mean: Optional[list[float]] = None   # per channel in [0, 1] units; None = computed from train and cached
-    std: Optional[list[float]] = None
-
-    def __post_init__(self) -> None:
-        one_of("dataset.source", self.source, SOURCES)
-        require((self.mean is None) == (self.std is None), "dataset.mean", self.mean,
-                "set dataset.mean and dataset.std together, or neither")
-        require(self.std is None or all(s > 0 for s in self.std), "dataset.std", self.std, "must be > 0")
-        require(self.mean is None or len(self.mean) == len(self.std), "dataset.std", self.std,
-                "needs as many values as dataset.mean (one per channel)")
-        require(self.classes is None or (len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)),
-                "dataset.classes", self.classes, "must list at least two distinct label ids")
-
-
-@dataclass
-class DataConf:
-    root: str = MISSING
-    download: bool = False
-
-
-store_schema("dataset", "base", DatasetConf)
 
 
 class DataError(RuntimeError):
@@ -73,10 +46,10 @@ class DataError(RuntimeError):
 @dataclass
 class TensorData:
     name: str
-    train_x: torch.Tensor  # uint8 [N, C, H, W]
-    train_y: torch.Tensor  # int64 [N]
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    train_x: "torch.Tensor"  # uint8 [N, C, H, W]
+    train_y: "torch.Tensor"  # int64 [N]
+    test_x: "torch.Tensor"
+    test_y: "torch.Tensor"
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -92,6 +65,40 @@ class TensorData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data set format: the shape and classes it holds, and its reader."""
+
+    shape: tuple[int, int, int]  # channels, height, width of one image
+    classes: tuple[str, ...]
+    read: Callable[[str, Path, bool], tuple]  # (name, root, download) -> train_x, train_y, test_x, test_y
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def source(name: str, shape: tuple[int, int, int], classes: list[str]) -> Callable:
+    """Register a reader as ``dataset.source=<name>``: a new data set format is one reader plus one YAML."""
+    def deco(read: Callable[[str, Path, bool], tuple]) -> Callable[[str, Path, bool], tuple]:
+        SOURCES[name] = Source(shape, tuple(classes), read)
+        return read
+    return deco
+
+
+def source_of(cfg: Any) -> Source:
+    """The registered source of a dataset config (one-line ConfigError for an unknown one)."""
+    name = cfg["source"] if isinstance(cfg, dict) else cfg.source
+    require(name in SOURCES, "dataset.source", name, f"must be one of {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
+def dataset_shape(cfg: Any) -> tuple[int, int, int, int]:
+    """(channels, height, width, classes) of a data set config, without reading its files."""
+    classes = cfg["classes"] if isinstance(cfg, dict) else cfg.classes
+    src = source_of(cfg)
+    return (*src.shape, len(classes) if classes else len(src.classes))
 
 
 # --------------------------------------------------------------------------- readers
@@ -220,7 +227,24 @@ def _load_cifar10(name: str, root: Path, download: bool) -> tuple:
     return np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), tx, ty
 
 
-def _load_embedded() -> tuple:
+@source("fashion_mnist", (1, 28, 28), FASHION_CLASSES)
+def _read_fashion_mnist(name: str, root: Path, download: bool) -> tuple:
+    return _load_idx(name, "FashionMNIST", root, download, (DEBIAN_FASHION_MNIST,))
+
+
+@source("mnist", (1, 28, 28), MNIST_CLASSES)
+def _read_mnist(name: str, root: Path, download: bool) -> tuple:
+    return _load_idx(name, "MNIST", root, download)
+
+
+@source("cifar10", (3, 32, 32), CIFAR10_CLASSES)
+def _read_cifar10(name: str, root: Path, download: bool) -> tuple:
+    return _load_cifar10(name, root, download)
+
+
+@source("embedded", (1, 28, 28), FASHION_CLASSES)
+def _read_embedded(name: str, root: Path, download: bool) -> tuple:
+    """The Fashion-MNIST subset shipped inside the package (``ablate/_data``): no files, no download."""
     ref = importlib.resources.files("ablate") / "_data" / "fashion_mnist_mini.npz"
     try:
         with importlib.resources.as_file(ref) as path, np.load(path) as z:
@@ -269,14 +293,8 @@ def load_dataset(cfg: Any, data: Any) -> TensorData:
     c: DatasetConf = typed(cfg, DatasetConf)
     d: DataConf = typed(data, DataConf)
     root = Path(d.root).expanduser()
-    if c.source == "embedded":
-        arrays, names = _load_embedded(), FASHION_CLASSES
-    elif c.source == "fashion_mnist":
-        arrays, names = _load_idx(c.name, "FashionMNIST", root, d.download, (DEBIAN_FASHION_MNIST,)), FASHION_CLASSES
-    elif c.source == "mnist":
-        arrays, names = _load_idx(c.name, "MNIST", root, d.download), MNIST_CLASSES
-    else:
-        arrays, names = _load_cifar10(c.name, root, d.download), CIFAR10_CLASSES
+    src = source_of(c)
+    arrays, names = src.read(c.name, root, d.download), list(src.classes)
     tx, ty, vx, vy = arrays
     ty, vy = np.asarray(ty, dtype=np.int64), np.asarray(vy, dtype=np.int64)
     if c.classes is not None:
@@ -290,6 +308,8 @@ def load_dataset(cfg: Any, data: Any) -> TensorData:
     else:
         mean, std = list(c.mean), list(c.std)
     require(len(mean) == tx.shape[1], "dataset.mean", mean, f"needs one value per channel ({tx.shape[1]})")
+    import torch
+
     t = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))  # noqa: E731
     return TensorData(c.name, t(tx), t(ty), t(vx), t(vy), list(names), tuple(map(float, mean)),
                       tuple(map(float, std)))

@@ -31,51 +31,20 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from .config import ConfigError, positive, require, store_schema, typed
+from .compose import compose as _compose
+from .config import ConfigError, InspectConf, require, typed
+from .data import dataset_shape
 
 INSPECT_DIR = "inspect"
 USAGE = ("usage: python -m ablate.inspect model=NAME dataset=NAME [overrides]   (layer table)\n"
          "       python -m ablate.inspect RUN_DIR [inspect.KEY=VALUE ...] [data.root=DIR]   "
          "(feature maps, Grad-CAM, confusion matrix -> RUN_DIR/inspect/)")
 
-# (channels, height, width, classes) of each data source: the layer table needs no data files.
-SOURCE_SHAPES = {"embedded": (1, 28, 28, 10), "fashion_mnist": (1, 28, 28, 10), "mnist": (1, 28, 28, 10),
-                 "cifar10": (3, 32, 32, 10)}
-
-
-@dataclass
-class InspectConf:
-    """What ``python -m ablate.inspect RUN_DIR`` draws (``conf/inspect.yaml``)."""
-
-    layers: Optional[list[str]] = None  # layers whose feature maps are drawn; None = every Conv2d
-    gradcam_layer: Optional[str] = None  # layer Grad-CAM hooks; None = the last Conv2d
-    images: int = 8  # fixed test images drawn (the first image of each class in turn)
-    channels: int = 16  # at most this many channels per feature-map grid
-    batch_size: int = 1024  # for the confusion matrix
-    device: str = "auto"
-    out_dir: Optional[str] = None  # None = RUN_DIR/inspect
-
-    def __post_init__(self) -> None:
-        positive("inspect", self, "images", "channels", "batch_size")
-
-
-store_schema("inspect", "base", InspectConf)
-
-
 class InspectError(ValueError):
     """A run directory or layer that cannot be inspected; the message is one line."""
 
 
 # ----------------------------------------------------------------------------- layer table
-def dataset_shape(cfg: Any) -> tuple[int, int, int, int]:
-    """(channels, height, width, classes) of a data set config, without reading its files."""
-    source = cfg["source"] if isinstance(cfg, dict) else cfg.source
-    classes = cfg["classes"] if isinstance(cfg, dict) else cfg.classes
-    require(source in SOURCE_SHAPES, "dataset.source", source, f"must be one of {', '.join(SOURCE_SHAPES)}")
-    c, h, w, k = SOURCE_SHAPES[source]
-    return c, h, w, (len(classes) if classes else k)
-
-
 def _mult_adds(module: nn.Module, out: Tensor) -> int:
     """Multiply-adds of one call (bias adds not counted): Conv2d and Linear only."""
     if isinstance(module, nn.Conv2d):
@@ -144,9 +113,7 @@ def format_table(model: nn.Module, input_shape: Sequence[int], title: str = "") 
 # ----------------------------------------------------------------------------- config
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """``conf/inspect.yaml`` (the training config plus ``inspect``) with Hydra overrides."""
-    from .run import compose as run_compose  # imported late: report imports us, run imports report
-
-    return run_compose(overrides, "inspect")
+    return _compose(overrides, "inspect")
 
 
 def model_report(cfg: DictConfig) -> str:

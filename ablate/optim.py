@@ -4,20 +4,24 @@
 regularization knob (``regularization.weight_decay``), passed in by the trainer,
 so the optimizer group only says *how* to step.
 
-Each scheduler schema says when it steps (``interval``: once per ``epoch`` or
-every ``step``); ``plateau`` is stepped with the test loss.
+What each option can do is data on its schema, so neither the trainer nor the
+CUDA-graph step knows an option by name: an optimizer says whether torch has a
+fused CUDA kernel for it and whether it can be built ``capturable``; a scheduler
+says when it steps (every ``epoch`` or every ``step``) and on which metric, if any
+(:class:`Schedule` applies both). torch is imported only when something is built.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-import torch
-from torch.optim import lr_scheduler as sched
+from .config import Registry, TrainerConf, non_negative, positive, probability, require
 
-from .config import ConfigError, Registry, non_negative, positive, probability, require
+if TYPE_CHECKING:
+    import torch
 
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
@@ -28,6 +32,8 @@ SCHEDULERS = Registry("scheduler")
 class OptimizerConf:
     name: str = "sgd"
     lr: float = 0.01
+    fused: ClassVar[bool] = False  # torch has a fused CUDA kernel (``fused=True``): one launch per step
+    capturable: ClassVar[bool] = False  # accepts ``capturable=True`` (state and lr read on the device)
 
     def __post_init__(self) -> None:
         positive("optimizer", self, "lr")
@@ -36,6 +42,7 @@ class OptimizerConf:
 @dataclass
 class SGDConf(OptimizerConf):
     name: str = "sgd"
+    fused: ClassVar[bool] = True  # no capturable flag: SGD keeps no step counter to hold on the device
     momentum: float = 0.9
     nesterov: bool = False
 
@@ -48,6 +55,8 @@ class SGDConf(OptimizerConf):
 @dataclass
 class AdamConf(OptimizerConf):
     name: str = "adam"
+    fused: ClassVar[bool] = True
+    capturable: ClassVar[bool] = True
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -67,6 +76,7 @@ class AdamWConf(AdamConf):
 @dataclass
 class RMSpropConf(OptimizerConf):
     name: str = "rmsprop"
+    capturable: ClassVar[bool] = True
     lr: float = 1e-3
     alpha: float = 0.99
     momentum: float = 0.0
@@ -79,31 +89,52 @@ class RMSpropConf(OptimizerConf):
 
 
 @OPTIMIZERS.register("sgd", SGDConf)
-def sgd(cfg: SGDConf, params: Iterable, weight_decay: float, **kw) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+def sgd(cfg: SGDConf, params: Iterable, weight_decay: float, **kw) -> "torch.optim.Optimizer":
+    from torch.optim import SGD
+
+    return SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=weight_decay, **kw)
 
 
 @OPTIMIZERS.register("adam", AdamConf)
-def adam(cfg: AdamConf, params: Iterable, weight_decay: float, **kw) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+def adam(cfg: AdamConf, params: Iterable, weight_decay: float, **kw) -> "torch.optim.Optimizer":
+    from torch.optim import Adam
+
+    return Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                             weight_decay=weight_decay, **kw)
 
 
 @OPTIMIZERS.register("adamw", AdamWConf)
-def adamw(cfg: AdamWConf, params: Iterable, weight_decay: float, **kw) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+def adamw(cfg: AdamWConf, params: Iterable, weight_decay: float, **kw) -> "torch.optim.Optimizer":
+    from torch.optim import AdamW
+
+    return AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                              weight_decay=weight_decay, **kw)
 
 
 @OPTIMIZERS.register("rmsprop", RMSpropConf)
-def rmsprop(cfg: RMSpropConf, params: Iterable, weight_decay: float, **kw) -> torch.optim.Optimizer:
-    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, momentum=cfg.momentum, eps=cfg.eps,
+def rmsprop(cfg: RMSpropConf, params: Iterable, weight_decay: float, **kw) -> "torch.optim.Optimizer":
+    from torch.optim import RMSprop
+
+    return RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, momentum=cfg.momentum, eps=cfg.eps,
                                weight_decay=weight_decay, **kw)
 
 
-def build_optimizer(cfg, params: Iterable, weight_decay: float = 0.0, **kw) -> torch.optim.Optimizer:
-    """The configured torch optimizer; ``kw`` passes speed flags (``capturable``, ``foreach``)."""
+def speed_flags(cfg: Any, device: "torch.device", graphed: bool) -> dict[str, bool]:
+    """Constructor flags for speed on CUDA, from the optimizer's capabilities: the fused kernel where
+    torch has one (same update rule, far fewer launches), and ``capturable`` when the step is graphed,
+    so the update keeps its step counter on the device and reads the lr tensor at replay."""
+    schema = OPTIMIZERS.schema_of(cfg)
+    if device.type != "cuda":
+        return {}
+    flags = {"fused": True} if schema.fused else {}
+    if graphed and schema.capturable:
+        flags["capturable"] = True
+    return flags
+
+
+def build_optimizer(cfg: Any, params: Iterable, weight_decay: float = 0.0, **kw: Any) -> "torch.optim.Optimizer":
+    """The configured torch optimizer; ``kw`` passes speed flags (:func:`speed_flags`)."""
     return OPTIMIZERS.build(cfg, params, weight_decay, **kw)
 
 
@@ -112,6 +143,13 @@ def build_optimizer(cfg, params: Iterable, weight_decay: float = 0.0, **kw) -> t
 class SchedulerConf:
     name: str = "none"
     interval: ClassVar[str] = "epoch"  # when the trainer calls .step(): "epoch" or "step"
+    metric: ClassVar[Optional[str]] = None  # an epoch metric .step() is given (e.g. "test_loss"), if any
+
+    def check(self, trainer: TrainerConf) -> None:
+        """Cross-field checks against the trainer's settings; one-line ConfigError."""
+        if self.metric is not None:
+            require(trainer.eval_every == 1, "trainer.eval_every", trainer.eval_every,
+                    f"scheduler={self.name} steps on the {self.metric} of every epoch and needs trainer.eval_every=1")
 
 
 @dataclass
@@ -164,6 +202,7 @@ class CosineConf(SchedulerConf):
 @dataclass
 class PlateauConf(SchedulerConf):
     name: str = "plateau"
+    metric: ClassVar[Optional[str]] = "test_loss"
     mode: str = "min"
     factor: float = 0.5
     patience: int = 2
@@ -207,6 +246,17 @@ class WarmupCosineConf(SchedulerConf):
         require(0 < self.start_factor <= 1, "scheduler.start_factor", self.start_factor, "must be in (0, 1]")
         non_negative("scheduler", self, "eta_min")
 
+    def check(self, trainer: TrainerConf) -> None:
+        super().check(trainer)
+        require(self.warmup_epochs < trainer.epochs, "scheduler.warmup_epochs", self.warmup_epochs,
+                f"must be < trainer.epochs={trainer.epochs}")
+
+
+def _torch_schedulers() -> Any:
+    from torch.optim import lr_scheduler
+
+    return lr_scheduler
+
 
 @SCHEDULERS.register("none", NoneConf)
 def no_schedule(cfg: NoneConf, opt, epochs: int, steps_per_epoch: int):
@@ -215,52 +265,68 @@ def no_schedule(cfg: NoneConf, opt, epochs: int, steps_per_epoch: int):
 
 @SCHEDULERS.register("step", StepConf)
 def step(cfg: StepConf, opt, epochs: int, steps_per_epoch: int):
-    return sched.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    return _torch_schedulers().StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
 
 
 @SCHEDULERS.register("multistep", MultiStepConf)
 def multistep(cfg: MultiStepConf, opt, epochs: int, steps_per_epoch: int):
-    return sched.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    return _torch_schedulers().MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
 
 
 @SCHEDULERS.register("exponential", ExponentialConf)
 def exponential(cfg: ExponentialConf, opt, epochs: int, steps_per_epoch: int):
-    return sched.ExponentialLR(opt, gamma=cfg.gamma)
+    return _torch_schedulers().ExponentialLR(opt, gamma=cfg.gamma)
 
 
 @SCHEDULERS.register("cosine", CosineConf)
 def cosine(cfg: CosineConf, opt, epochs: int, steps_per_epoch: int):
-    return sched.CosineAnnealingLR(opt, T_max=cfg.T_max, eta_min=cfg.eta_min)
+    return _torch_schedulers().CosineAnnealingLR(opt, T_max=cfg.T_max, eta_min=cfg.eta_min)
 
 
 @SCHEDULERS.register("plateau", PlateauConf)
 def plateau(cfg: PlateauConf, opt, epochs: int, steps_per_epoch: int):
-    return sched.ReduceLROnPlateau(opt, mode=cfg.mode, factor=cfg.factor, patience=cfg.patience,
-                                   threshold=cfg.threshold, min_lr=cfg.min_lr)
+    return _torch_schedulers().ReduceLROnPlateau(opt, mode=cfg.mode, factor=cfg.factor, patience=cfg.patience,
+                                                 threshold=cfg.threshold, min_lr=cfg.min_lr)
 
 
 @SCHEDULERS.register("onecycle", OneCycleConf)
 def onecycle(cfg: OneCycleConf, opt, epochs: int, steps_per_epoch: int):
-    return sched.OneCycleLR(opt, max_lr=cfg.max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                            pct_start=cfg.pct_start, anneal_strategy=cfg.anneal_strategy,
-                            div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
+    return _torch_schedulers().OneCycleLR(
+        opt, max_lr=cfg.max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start,
+        anneal_strategy=cfg.anneal_strategy, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
 
 
 @SCHEDULERS.register("warmup_cosine", WarmupCosineConf)
 def warmup_cosine(cfg: WarmupCosineConf, opt, epochs: int, steps_per_epoch: int):
-    if cfg.warmup_epochs >= epochs:
-        raise ConfigError(f"scheduler.warmup_epochs={cfg.warmup_epochs} is invalid: must be < trainer.epochs={epochs}")
-    warm = sched.LinearLR(opt, start_factor=cfg.start_factor, total_iters=cfg.warmup_epochs)
-    cos = sched.CosineAnnealingLR(opt, T_max=epochs - cfg.warmup_epochs, eta_min=cfg.eta_min)
-    return sched.SequentialLR(opt, [warm, cos], milestones=[cfg.warmup_epochs])
+    s = _torch_schedulers()  # warmup_epochs < epochs: WarmupCosineConf.check
+    warm = s.LinearLR(opt, start_factor=cfg.start_factor, total_iters=cfg.warmup_epochs)
+    cos = s.CosineAnnealingLR(opt, T_max=epochs - cfg.warmup_epochs, eta_min=cfg.eta_min)
+    return s.SequentialLR(opt, [warm, cos], milestones=[cfg.warmup_epochs])
 
 
-def build_scheduler(cfg, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
-    """The configured torch scheduler (or None) and when to step it: ``"epoch"`` or ``"step"``."""
+@dataclass
+class Schedule:
+    """A torch scheduler (or None: a constant rate) with when it steps and on what."""
+
+    scheduler: Any
+    interval: str  # "epoch" or "step"
+    metric: Optional[str]  # the epoch metric .step() is given, or None
+
+    def after_step(self) -> None:
+        if self.scheduler is not None and self.interval == "step":
+            self.scheduler.step()
+
+    def after_epoch(self, metrics: dict[str, Any]) -> None:
+        if self.scheduler is None or self.interval != "epoch":
+            return
+        if self.metric is None:
+            self.scheduler.step()
+        else:
+            self.scheduler.step(metrics[self.metric])
+
+
+def build_scheduler(cfg: Any, optimizer: "torch.optim.Optimizer", epochs: int, steps_per_epoch: int) -> Schedule:
+    """The configured torch scheduler with its stepping rule (from the schema's capabilities)."""
     typed_cfg = SCHEDULERS.typed(cfg)
-    return SCHEDULERS.builders[typed_cfg.name](typed_cfg, optimizer, epochs, steps_per_epoch), typed_cfg.interval
-
-
-def needs_metric(scheduler) -> bool:
-    """ReduceLROnPlateau steps on the test loss; every other scheduler steps without one."""
-    return isinstance(scheduler, sched.ReduceLROnPlateau)
+    sched = SCHEDULERS.builders[typed_cfg.name](typed_cfg, optimizer, epochs, steps_per_epoch)
+    return Schedule(sched, typed_cfg.interval, typed_cfg.metric)

@@ -38,40 +38,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import files, stats
-from .config import ConfigError, positive, probability, require, store_schema, typed
+from . import rundir, stats
+from .config import ConfigError, ReportConf, is_factor_key, typed
 
 SEED_KEY = "trainer.seed"
-# Overrides that change neither what a run computes nor its results: never an arm factor.
-IGNORED_KEYS = {"trainer.fail_fast", "trainer.device", "trainer.log_every", "dry_run", "data.root", "data.download"}
 EXCLUDING = ("failed", "diverged", "incomplete")  # flags that keep a run out of the means
 FLAGS = ("failed", "diverged", "incomplete", "still improving", "overfitting")
 MAX_LINES = 10  # arms drawn per panel (the best by mean); more is unreadable
 MAX_PANELS = 12
 STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ("-", "v"), ("--", "x"), (":", "*"), ("-.", "P"),
           ("-", "X"), ("--", "h")]
-
-
-@dataclass
-class ReportConf:
-    """How the comparison report reads a sweep (``conf/report/default.yaml``)."""
-
-    overfit_gap: float = 0.10  # flag a run whose final train - test accuracy exceeds this
-    bootstrap: int = 5000  # bootstrap resamples for verdict intervals
-    confidence: float = 0.95
-    min_seeds: int = 3  # warn when an arm has fewer finished seeds
-    smoothing: float = 0.9  # EMA factor (weight of the past) for the per-iteration loss curve
-    seed: int = 0  # bootstrap RNG seed: the same runs always give the same report
-    arm_panels: bool = True  # confusion matrix + Grad-CAM of the best and the worst arm (from model.pt, on CPU)
-
-    def __post_init__(self) -> None:
-        probability("report", self, "overfit_gap", "smoothing")
-        positive("report", self, "bootstrap", "min_seeds")
-        require(0.0 < self.confidence < 1.0, "report.confidence", self.confidence, "must be in (0, 1)")
-        require(self.smoothing < 1.0, "report.smoothing", self.smoothing, "must be < 1")
-
-
-store_schema("report", "base", ReportConf)
 
 
 class ReportError(ValueError):
@@ -129,7 +105,7 @@ class Run:
 
     def steps(self) -> pd.DataFrame | None:
         if self._steps is None:
-            self._steps = _read_numeric_csv(self.path / files.STEPS_CSV)
+            self._steps = _read_numeric_csv(self.path / rundir.STEPS_CSV)
         return self._steps
 
     def value(self, key: str) -> str:
@@ -159,7 +135,7 @@ def find_runs(root: Path) -> list[Path]:
         except OSError:
             continue
         names = {e.name for e in entries}
-        if files.SUMMARY_JSON in names or files.EPOCHS_CSV in names or ".hydra" in names:
+        if rundir.SUMMARY_JSON in names or rundir.EPOCHS_CSV in names or ".hydra" in names:
             found.append(d)
             continue
         stack.extend(sorted((e for e in entries if e.is_dir() and e.name not in ("report", ".hydra")
@@ -233,7 +209,7 @@ def _num(v: Any) -> float | None:
 
 def load_run(path: Path, sweep: Path, conf: ReportConf | None = None) -> Run:
     """Read one run directory; whatever is missing is derived from what is there."""
-    summary = files.read_json(path / files.SUMMARY_JSON) or {}
+    summary = rundir.read_json(path / rundir.SUMMARY_JSON) or {}
     hyd = path / ".hydra"
     overrides_list = summary.get("overrides")
     if overrides_list is None:
@@ -258,7 +234,7 @@ def load_run(path: Path, sweep: Path, conf: ReportConf | None = None) -> Run:
               status=summary.get("status") or "no summary.json", error=summary.get("error"),
               traceback=summary.get("traceback"), params=summary.get("params"),
               epochs_planned=int(planned) if planned else None)
-    epochs, run.nonfinite_epoch = _read_epochs(path / files.EPOCHS_CSV)
+    epochs, run.nonfinite_epoch = _read_epochs(path / rundir.EPOCHS_CSV)
     run.epochs = epochs
     if epochs is not None and len(epochs):
         run.epochs_done = int(epochs["epoch"].max())
@@ -403,7 +379,7 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
     order: list[str] = []
     for r in runs:
         order += [k for k in r.overrides if k not in order]
-    keys = [k for k in order if k != SEED_KEY and k not in IGNORED_KEYS and not k.startswith(("hydra.", "report."))]
+    keys = [k for k in order if k != SEED_KEY and is_factor_key(k)]
     return [k for k in keys if len({r.value(k) for r in runs}) > 1]
 
 
@@ -1055,15 +1031,15 @@ def write(rep: Report, out: Path) -> Path:
     """Write report/ (summary.csv, report.md, PNGs, best/worst arm panels, index.html); returns index.html."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files.atomic_write_bytes(out / "summary.csv", summary_frame(rep).to_csv(index=False).encode())
+    rundir.atomic_write_bytes(out / "summary.csv", summary_frame(rep).to_csv(index=False).encode())
     for name, _, png in rep.figures:
-        files.atomic_write_bytes(out / name, png)
+        rundir.atomic_write_bytes(out / name, png)
     _clear_panels(out)  # an earlier report's panels must not outlive it
     rep.panels, rep.panels_note = [], None
     if rep.conf.arm_panels:
         draw_arm_panels(rep, out)
-    files.atomic_write_bytes(out / "report.md", markdown(rep).encode())
-    files.atomic_write_bytes(out / "index.html", html_page(rep, out).encode())
+    rundir.atomic_write_bytes(out / "report.md", markdown(rep).encode())
+    rundir.atomic_write_bytes(out / "index.html", html_page(rep, out).encode())
     for p in out.iterdir():
         if p.is_file():
             p.chmod(0o644)  # mkstemp made them private; a report is meant to be read and served

@@ -8,12 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-
-import ablate.run  # noqa: F401  (registers every schema before composing)
+from ablate.compose import compose
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
 
 # A run small enough for a 2-core CPU: a few batches of the embedded data.
 TINY = ["trainer.epochs=2", "trainer.batch_size=32", "trainer.limit_batches=4",
@@ -21,8 +18,7 @@ TINY = ["trainer.epochs=2", "trainer.batch_size=32", "trainer.limit_batches=4",
 
 
 def make_cfg(overrides: list[str] = (), tiny: bool = True):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=(TINY if tiny else []) + list(overrides))
+    return compose((TINY if tiny else []) + list(overrides))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ablate import files
+from ablate import rundir
 
 GROUP_DEFAULTS = {"dataset": "fashion_mnist_mini", "model": "cnn3", "optimizer": "adam", "scheduler": "cosine",
                   "augment": "flip_crop", "regularization": "none", "trainer": "default", "report": "default"}
@@ -85,12 +85,12 @@ def write_run(sweep: Path, overrides: Sequence[str] = (), test_acc: Sequence[flo
             steps.append(dict(step=e * steps_per_epoch + j + 1, epoch=e + 1, lr=lr[e],
                               loss=train_loss[e] * (1.1 - 0.05 * j)))
     if rows:
-        files.append_rows(run / files.EPOCHS_CSV, files.EPOCH_COLUMNS, rows)
-        files.append_rows(run / files.STEPS_CSV, files.STEP_COLUMNS, steps)
+        rundir.append_rows(run / rundir.EPOCHS_CSV, rundir.EPOCH_COLUMNS, rows)
+        rundir.append_rows(run / rundir.STEPS_CSV, rundir.STEP_COLUMNS, steps)
     if summary:
         evals = [(i + 1, a) for i, a in enumerate(test_acc) if a is not None]
         best_epoch, best = max(evals, key=lambda t: t[1]) if evals else (None, None)
-        files.atomic_write_json(run / files.SUMMARY_JSON, {
+        rundir.atomic_write_json(run / rundir.SUMMARY_JSON, {
             "status": status, "error": error, "traceback": f"Traceback ...\n{error}" if error else None,
             "overrides": overrides, "choices": choices, "config": config, "config_hash": "0" * 16,
             "params": params, "epochs_planned": planned, "epochs_done": n,
@@ -130,4 +130,4 @@ def sweep(root: Path, finals: Mapping[str, Sequence[float]], key: str = "schedul
 
 
 def load_summary(run: Path) -> dict:
-    return json.loads((Path(run) / files.SUMMARY_JSON).read_text())
+    return json.loads((Path(run) / rundir.SUMMARY_JSON).read_text())

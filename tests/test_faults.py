@@ -22,10 +22,11 @@ import pytest
 import torch
 from conftest import ROOT, make_cfg, run_cli
 
-from ablate import files, report
+from ablate import report, rundir
 from ablate.config import ConfigError
-from ablate.run import config_hash
-from ablate.train import CheckpointError, fit
+from ablate.config import config_hash
+from ablate.rundir import CheckpointError
+from ablate.train import fit
 
 EPOCHS = 6
 STEPS = 3
@@ -67,7 +68,7 @@ def _ok(proc: subprocess.CompletedProcess) -> str:
 
 
 def _runs(sweep: Path) -> dict[str, Path]:
-    return {d.name: d for d in sorted(sweep.iterdir()) if (d / files.SUMMARY_JSON).exists()}
+    return {d.name: d for d in sorted(sweep.iterdir()) if (d / rundir.SUMMARY_JSON).exists()}
 
 
 def _seed(name: str) -> str:
@@ -75,17 +76,17 @@ def _seed(name: str) -> str:
 
 
 def _epochs(run: Path) -> pd.DataFrame:
-    return pd.read_csv(run / files.EPOCHS_CSV).drop(columns=VOLATILE)
+    return pd.read_csv(run / rundir.EPOCHS_CSV).drop(columns=VOLATILE)
 
 
 def _n_rows(sweep: Path) -> int:
-    return sum(len(files.read_rows(p)) for p in sweep.glob(f"*/{files.EPOCHS_CSV}"))
+    return sum(len(rundir.read_rows(p)) for p in sweep.glob(f"*/{rundir.EPOCHS_CSV}"))
 
 
 def _fingerprint(run: Path) -> dict[str, tuple[int, bytes]]:
     """mtime and bytes of the files a retrain would rewrite."""
     return {n: ((run / n).stat().st_mtime_ns, (run / n).read_bytes())
-            for n in (files.MODEL, files.SUMMARY_JSON, files.CHECKPOINT, files.EPOCHS_CSV, files.STEPS_CSV)}
+            for n in (rundir.MODEL, rundir.SUMMARY_JSON, rundir.CHECKPOINT, rundir.EPOCHS_CSV, rundir.STEPS_CSV)}
 
 
 def _assert_matches_reference(sweep: Path, reference: dict[str, Path], report_read: bool = True) -> None:
@@ -93,18 +94,18 @@ def _assert_matches_reference(sweep: Path, reference: dict[str, Path], report_re
     runs = _runs(sweep)
     assert sorted(map(_seed, runs)) == sorted(map(_seed, reference))
     for name, run in runs.items():
-        summary = files.read_json(run / files.SUMMARY_JSON)
+        summary = rundir.read_json(run / rundir.SUMMARY_JSON)
         assert summary["status"] == "completed", (name, summary.get("error"))
         assert summary["epochs_done"] == EPOCHS
-        ep = pd.read_csv(run / files.EPOCHS_CSV)
+        ep = pd.read_csv(run / rundir.EPOCHS_CSV)
         assert ep.epoch.tolist() == list(range(1, EPOCHS + 1)), name
-        steps = pd.read_csv(run / files.STEPS_CSV)
+        steps = pd.read_csv(run / rundir.STEPS_CSV)
         assert steps.step.tolist() == list(range(1, EPOCHS * STEPS + 1)), name
         ref = reference[name]
         pd.testing.assert_frame_equal(_epochs(run), _epochs(ref))
-        pd.testing.assert_frame_equal(steps, pd.read_csv(ref / files.STEPS_CSV))
+        pd.testing.assert_frame_equal(steps, pd.read_csv(ref / rundir.STEPS_CSV))
         # What the resumed model ends with is what the uninterrupted one ends with.
-        a, b = (torch.load(d / files.MODEL, weights_only=True) for d in (run, ref))
+        a, b = (torch.load(d / rundir.MODEL, weights_only=True) for d in (run, ref))
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
         assert not list(run.glob(".*.tmp"))
@@ -149,15 +150,15 @@ def test_sigkill_mid_run_then_resume_finishes_without_retraining(tmp_path, refer
     deadline = time.monotonic() + 300
     try:
         # Job 0 has completed; job 1 is in its third epoch or later.
-        while len(files.read_rows(next(iter(sweep.glob(f"*seed=1/{files.EPOCHS_CSV}")), sweep / "x"))) < 2:
+        while len(rundir.read_rows(next(iter(sweep.glob(f"*seed=1/{rundir.EPOCHS_CSV}")), sweep / "x"))) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "sweep ended before the kill"
             time.sleep(0.02)
     finally:
         _kill(proc)
     runs = _runs(sweep)
     done, killed = (runs[n] for n in sorted(runs, key=_seed))
-    assert files.read_json(done / files.SUMMARY_JSON)["status"] == "completed"
-    assert files.read_json(killed / files.SUMMARY_JSON)["status"] == "running"
+    assert rundir.read_json(done / rundir.SUMMARY_JSON)["status"] == "completed"
+    assert rundir.read_json(killed / rundir.SUMMARY_JSON)["status"] == "running"
     before = _fingerprint(done)
 
     _ok(run_cli(_args(sweep, *SEEDS, NO_REPORT), cwd=tmp_path))
@@ -171,7 +172,7 @@ def test_sigkill_mid_run_then_resume_finishes_without_retraining(tmp_path, refer
 def test_five_random_kills_then_resume_lose_nothing(tmp_path, reference):
     """Kill the sweep at seeded random instants inside epochs, five times; the sixth launch finishes it."""
     rng = random.Random(20240605)
-    epoch_s = max(0.05, float(pd.read_csv(next(iter(reference.values())) / files.EPOCHS_CSV).epoch_seconds.median()))
+    epoch_s = max(0.05, float(pd.read_csv(next(iter(reference.values())) / rundir.EPOCHS_CSV).epoch_seconds.median()))
     sweep = tmp_path / "sweep"
     completed: dict[str, dict] = {}
     kills = 0
@@ -187,10 +188,10 @@ def test_five_random_kills_then_resume_lose_nothing(tmp_path, reference):
         finally:
             _kill(proc)
         for name, run in _runs(sweep).items():
-            s = files.read_json(run / files.SUMMARY_JSON)
+            s = rundir.read_json(run / rundir.SUMMARY_JSON)
             assert s is not None and s["status"] in ("running", "completed"), (name, s)  # whole files only
             for p in run.glob("*.csv"):  # every CSV reads back as whole rows
-                rows = files.read_rows(p)
+                rows = rundir.read_rows(p)
                 assert p.read_text().endswith("\n") and len(rows) == p.read_text().count("\n") - 1
             if s["status"] == "completed" and name not in completed:
                 completed[name] = _fingerprint(run)
@@ -223,16 +224,16 @@ runpy.run_module("ablate.run", run_name="__main__")
 def test_crash_between_temp_write_and_rename_leaves_a_readable_run(tmp_path, reference):
     sweep = tmp_path / "sweep"
     args = _args(sweep, "trainer.seed=0")
-    proc = subprocess.run([sys.executable, "-c", _CRASH_ON_RENAME, files.CHECKPOINT, "3", *args], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-c", _CRASH_ON_RENAME, rundir.CHECKPOINT, "3", *args], cwd=tmp_path,
                           env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 137, (proc.stdout + proc.stderr)[-3000:]
     (run,) = _runs(sweep).values()
-    (tmp,) = run.glob(f".{files.CHECKPOINT}.*.tmp")  # the epoch-3 checkpoint, never renamed
-    ckpt = torch.load(run / files.CHECKPOINT, weights_only=True)
+    (tmp,) = run.glob(f".{rundir.CHECKPOINT}.*.tmp")  # the epoch-3 checkpoint, never renamed
+    ckpt = torch.load(run / rundir.CHECKPOINT, weights_only=True)
     assert ckpt["epoch"] == 2  # the previous checkpoint, whole
-    summary = files.read_json(run / files.SUMMARY_JSON)
+    summary = rundir.read_json(run / rundir.SUMMARY_JSON)
     assert summary["status"] == "running" and summary["epochs_done"] == 2
-    assert pd.read_csv(run / files.EPOCHS_CSV).epoch.tolist() == [1, 2, 3]  # epoch 3's row was appended
+    assert pd.read_csv(run / rundir.EPOCHS_CSV).epoch.tolist() == [1, 2, 3]  # epoch 3's row was appended
     (r,) = report.load_runs([sweep])  # the leftover temp file does not confuse the report
     assert r.status == "running" and r.epochs_done == 3
 
@@ -251,12 +252,12 @@ def test_diverging_and_failing_runs_stay_inside_their_run(tmp_path):
            "trainer.limit_eval_batches=1", "trainer.eval_batch_size=200", "optimizer=sgd",
            "optimizer.lr=0.01,1e38,-1", f"hydra.sweep.dir={sweep}", f"data.root={tmp_path / 'data'}"]
     out = _ok(run_cli(cmd, cwd=tmp_path))
-    runs = {_lr(n): (d, files.read_json(d / files.SUMMARY_JSON)) for n, d in _runs(sweep).items()}
+    runs = {_lr(n): (d, rundir.read_json(d / rundir.SUMMARY_JSON)) for n, d in _runs(sweep).items()}
     assert runs[0.01][1]["status"] == "completed" and runs[0.01][1]["epochs_done"] == 3
     d, s = runs[1e38]
     assert s["status"] == "diverged" and "non-finite training loss in epoch 1" in s["error"]
-    assert s["epochs_done"] == 1 and len(files.read_rows(d / files.EPOCHS_CSV)) == 1  # stopped there
-    assert not (d / files.MODEL).exists()
+    assert s["epochs_done"] == 1 and len(rundir.read_rows(d / rundir.EPOCHS_CSV)) == 1  # stopped there
+    assert not (d / rundir.MODEL).exists()
     d, s = runs[-1.0]
     assert s["status"] == "failed" and s["error"].startswith("ConfigError: optimizer.lr=-1")
     assert "Traceback (most recent call last)" in s["traceback"]
@@ -300,12 +301,12 @@ def test_changed_config_gets_its_own_dir_and_the_old_results_stay(tmp_path):
     assert "holds results of a different config" in out
     runs = _runs(sweep)
     (new,) = [d for n, d in runs.items() if n != old.name]
-    h = files.read_json(new / files.SUMMARY_JSON)["config_hash"]
+    h = rundir.read_json(new / rundir.SUMMARY_JSON)["config_hash"]
     assert new.name == f"{old.name}~{h[:8]}"
     assert _fingerprint(old) == before  # the old results, untouched
-    assert files.read_json(old / files.SUMMARY_JSON)["config"]["optimizer"]["lr"] == 0.001
-    assert files.read_json(new / files.SUMMARY_JSON)["config"]["optimizer"]["lr"] == 0.002
-    assert files.read_json(new / files.SUMMARY_JSON)["status"] == "completed"
+    assert rundir.read_json(old / rundir.SUMMARY_JSON)["config"]["optimizer"]["lr"] == 0.001
+    assert rundir.read_json(new / rundir.SUMMARY_JSON)["config"]["optimizer"]["lr"] == 0.002
+    assert rundir.read_json(new / rundir.SUMMARY_JSON)["status"] == "completed"
     # Hydra wrote the new config into the old dir's .hydra/: it is put back, and the new run has its own.
     assert "lr: 0.001" in (old / ".hydra" / "config.yaml").read_text()
     assert "lr: 0.002" in (new / ".hydra" / "config.yaml").read_text()
@@ -335,9 +336,9 @@ def test_bad_input_gets_one_clear_line(tmp_path):
     crafted_dir.mkdir()
     over = ["trainer.epochs=1", "trainer.limit_batches=1", "model=lenet"]
     h = config_hash(make_cfg(over, tiny=False))
-    (crafted_dir / files.SUMMARY_JSON).write_text(json.dumps({"status": "running", "config_hash": h}))
+    (crafted_dir / rundir.SUMMARY_JSON).write_text(json.dumps({"status": "running", "config_hash": h}))
     marker = tmp_path / "pwned"
-    _crafted_checkpoint(crafted_dir / files.CHECKPOINT, marker)
+    _crafted_checkpoint(crafted_dir / rundir.CHECKPOINT, marker)
     cases = {
         "nosuch": ["scheduler=nosuch"],
         "misspelt": ["trainer.epoch=3"],
@@ -366,9 +367,9 @@ def test_bad_input_gets_one_clear_line(tmp_path):
     assert one_line("range") == "ablate: trainer.epochs=0 is invalid: must be > 0"
     assert str(bad) in one_line("data")
     msg = one_line("crafted")
-    assert str(crafted_dir / files.CHECKPOINT) in msg and "delete it" in msg
+    assert str(crafted_dir / rundir.CHECKPOINT) in msg and "delete it" in msg
     assert not marker.exists()  # refused, never executed
-    assert files.read_json(crafted_dir / files.SUMMARY_JSON)["status"] == "failed"
+    assert rundir.read_json(crafted_dir / rundir.SUMMARY_JSON)["status"] == "failed"
     assert "Traceback" in res["fail_fast"][2] or "ConfigError" in res["fail_fast"][2]
     assert "optimizer.lr=-1" in res["fail_fast"][2] and not res["fail_fast"][2].startswith("ablate: ")
 
@@ -386,7 +387,7 @@ def test_range_and_cross_field_checks_name_key_and_value(cfg_factory, tmp_path, 
     with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')}=\S+ is invalid: ") as e:
         fit(cfg_factory(*overrides), tmp_path, "h")
     assert "\n" not in str(e.value)
-    assert not (tmp_path / files.EPOCHS_CSV).exists()  # refused before training
+    assert not (tmp_path / rundir.EPOCHS_CSV).exists()  # refused before training
 
 
 def test_wrong_type_names_the_key():
@@ -400,44 +401,44 @@ def test_wrong_type_names_the_key():
 
 def test_crafted_checkpoint_is_refused_not_executed(cfg_factory, tmp_path):
     marker = tmp_path / "pwned"
-    _crafted_checkpoint(tmp_path / files.CHECKPOINT, marker)
-    with pytest.raises(CheckpointError, match=str(tmp_path / files.CHECKPOINT)):
+    _crafted_checkpoint(tmp_path / rundir.CHECKPOINT, marker)
+    with pytest.raises(CheckpointError, match=str(tmp_path / rundir.CHECKPOINT)):
         fit(cfg_factory(), tmp_path, "h")
     assert not marker.exists()
 
 
 # --------------------------------------------------------------------------- crash-safe files, in process
 def test_a_failed_rename_keeps_the_previous_file_whole(tmp_path, monkeypatch):
-    path = tmp_path / files.SUMMARY_JSON
-    files.atomic_write_json(path, {"epochs_done": 1})
-    torch_path = tmp_path / files.CHECKPOINT
-    files.atomic_torch_save({"epoch": 1}, torch_path)
+    path = tmp_path / rundir.SUMMARY_JSON
+    rundir.atomic_write_json(path, {"epochs_done": 1})
+    torch_path = tmp_path / rundir.CHECKPOINT
+    rundir.atomic_torch_save({"epoch": 1}, torch_path)
 
     def boom(*a, **k):
         raise OSError("disk vanished")
 
-    monkeypatch.setattr(files.os, "replace", boom)
+    monkeypatch.setattr(rundir.os, "replace", boom)
     with pytest.raises(OSError):
-        files.atomic_write_json(path, {"epochs_done": 2})
+        rundir.atomic_write_json(path, {"epochs_done": 2})
     with pytest.raises(OSError):
-        files.atomic_torch_save({"epoch": 2}, torch_path)
+        rundir.atomic_torch_save({"epoch": 2}, torch_path)
     monkeypatch.undo()
-    assert files.read_json(path) == {"epochs_done": 1}
+    assert rundir.read_json(path) == {"epochs_done": 1}
     assert torch.load(torch_path, weights_only=True) == {"epoch": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == [files.CHECKPOINT, files.SUMMARY_JSON]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [rundir.CHECKPOINT, rundir.SUMMARY_JSON]  # no temp left
 
 
 def test_a_torn_csv_row_is_dropped_and_stale_temps_are_cleared(tmp_path):
-    p = tmp_path / files.EPOCHS_CSV
-    files.append_rows(p, files.EPOCH_COLUMNS, [dict(epoch=1, lr=0.1), dict(epoch=2, lr=0.1)])
+    p = tmp_path / rundir.EPOCHS_CSV
+    rundir.append_rows(p, rundir.EPOCH_COLUMNS, [dict(epoch=1, lr=0.1), dict(epoch=2, lr=0.1)])
     with open(p, "a") as f:
         f.write("3,0.1,2.3")  # a writer killed mid-row
-    assert [r["epoch"] for r in files.read_rows(p)] == ["1", "2"]
-    assert [r["epoch"] for r in files.truncate_rows(p, files.EPOCH_COLUMNS, 1)] == ["1"]
+    assert [r["epoch"] for r in rundir.read_rows(p)] == ["1", "2"]
+    assert [r["epoch"] for r in rundir.truncate_rows(p, rundir.EPOCH_COLUMNS, 1)] == ["1"]
     assert p.read_text().count("\n") == 2
-    (tmp_path / f".{files.CHECKPOINT}.abc123.tmp").write_bytes(b"half")
+    (tmp_path / f".{rundir.CHECKPOINT}.abc123.tmp").write_bytes(b"half")
     (tmp_path / ".keep.tmp").write_bytes(b"not ours")
-    assert [t.name for t in files.remove_stale_temps(tmp_path)] == [f".{files.CHECKPOINT}.abc123.tmp"]
+    assert [t.name for t in rundir.remove_stale_temps(tmp_path)] == [f".{rundir.CHECKPOINT}.abc123.tmp"]
     assert (tmp_path / ".keep.tmp").exists()
 
 
@@ -447,7 +448,8 @@ def test_every_run_resets_global_state_an_earlier_job_changed():
 
     import numpy as np
 
-    from ablate.train import TrainerConf, prepare_backends, seed_everything
+    from ablate.config import TrainerConf
+    from ablate.device import prepare_backends, seed_everything
 
     def draws():
         return random.random(), float(np.random.rand()), float(torch.rand(()))

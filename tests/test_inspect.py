@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
+from ablate.compose import compose
 from omegaconf import OmegaConf
 from torch import nn
 
 from ablate import inspect as ins
 from ablate.models import SimpleCNNConf, build_model, count_parameters, last_conv
 from ablate.train import fit
-from conftest import CONF, ROOT, make_cfg
+from conftest import ROOT, make_cfg
 
 MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (ROOT / "conf" / "dataset").glob("*.yaml"))
@@ -67,17 +67,14 @@ def test_lenet_table_is_the_tutorials():
 def test_table_counts_match_every_model_on_every_dataset():
     assert {"lenet", "simple_cnn", "cnn3", "tinynet"} <= set(MODELS)
     assert {"fashion_mnist", "fashion_mnist_mini", "mnist", "cifar10", "cifar2"} <= set(DATASETS)
-    import ablate.run  # noqa: F401  (schemas)
-
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        for m in MODELS:
-            for d in DATASETS:
-                cfg = compose("inspect", overrides=[f"model={m}", f"dataset={d}"])
-                c, h, w, k = ins.dataset_shape(cfg.dataset)
-                model = build_model(cfg.model, c, (h, w), k)
-                df = ins.layer_table(model, (c, h, w))
-                where = f"model={m} dataset={d}"
-                assert df.params.sum() == count_parameters(model), where
+    for m in MODELS:
+        for d in DATASETS:
+            cfg = compose([f"model={m}", f"dataset={d}"], "inspect")
+            c, h, w, k = ins.dataset_shape(cfg.dataset)
+            model = build_model(cfg.model, c, (h, w), k)
+            df = ins.layer_table(model, (c, h, w))
+            where = f"model={m} dataset={d}"
+            assert df.params.sum() == count_parameters(model), where
                 assert df.trainable.sum() == count_parameters(model, trainable_only=True), where
                 assert df.output_shape.iloc[-1] == (k,), where
                 assert (df.mult_adds >= 0).all() and df.mult_adds.sum() > 0, where

@@ -21,7 +21,8 @@ import yaml
 from conftest import ROOT, make_cfg, run_cli
 
 from ablate import report
-from ablate.run import config_hash
+from ablate.compose import compose
+from ablate.config import config_hash
 
 pytestmark = pytest.mark.slow
 
@@ -159,10 +160,7 @@ def test_dry_run_lists_every_job_and_trains_nothing(tmp_path):
 
 
 def test_homework_grid_is_36_runs():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=homework"], return_hydra_config=True)
+    cfg = compose(["experiment=homework"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert {k: v.split(",") for k, v in params.items()} == {
         "scheduler": ["step", "cosine", "plateau", "onecycle"], "model": ["lenet", "simple_cnn", "cnn3"],
@@ -245,14 +243,11 @@ def test_slurm_preset_reaches_sbatch_and_a_requeue_reruns_the_same_job(tmp_path,
     """No cluster here: the real launcher runs up to submission, and the sbatch script it would send is checked."""
     submitit = pytest.importorskip("submitit")
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from submitit.slurm.slurm import _make_sbatch_string
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                                           f"hydra.sweep.dir={tmp_path}", "hydra.job.name=run"],
-                      return_hydra_config=True)
+    cfg = compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}",
+                   "hydra.job.name=run"], return_hydra_config=True)
 
     class Submitted(Exception):
         pass

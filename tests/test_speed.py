@@ -1,7 +1,7 @@
 """The speed machinery on CPU: graph capture logic, the DataLoader twin, no CUDA in the launcher, GPU spread.
 
 The CUDA calls themselves run on the GPU machine (``python -m ablate.bench``);
-here :class:`ablate.graph.EmulatedGraphs` stands in for capture and replay so
+here :class:`ablate.cudagraph.EmulatedGraphs` stands in for capture and replay so
 that the bookkeeping around them (static inputs, tensor lr, undone warm-up,
 fallback) is checked against eager training.
 """
@@ -18,13 +18,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ablate import graph
+from ablate import cudagraph as graph
 from ablate.augment import AugmentConf, BatchAugment
 from ablate.config import typed
 from ablate.data import load_dataset
 from ablate.models import build_model
 from ablate.optim import build_optimizer, build_scheduler
-from ablate.train import ResidentBatches, fit, seed_everything
+from ablate.batches import ResidentBatches
+from ablate.device import seed_everything
+from ablate.train import fit
 from conftest import ROOT, run_cli
 
 
@@ -35,7 +37,7 @@ def _setup(cfg, optimizer: str):
     aug = BatchAugment(typed(cfg.augment, AugmentConf), data.mean, data.std)
     batches = ResidentBatches(data.train_x[:512], data.train_y[:512], 32, aug, torch.device("cpu"))
     opt = build_optimizer(cfg.optimizer, model.parameters(), 0.0)
-    sched, _ = build_scheduler(cfg.scheduler, opt, 2, batches.steps)
+    sched = build_scheduler(cfg.scheduler, opt, 2, batches.steps).scheduler
 
     def body(idx):
         x, y = batches.gather(idx)
@@ -106,7 +108,7 @@ def test_cuda_graph_on_cpu_runs_eager_and_says_why(cfg_factory, tmp_path, caplog
 
 
 def test_cuda_graph_is_a_speed_option_not_part_of_a_runs_identity(cfg_factory):
-    from ablate.run import config_hash
+    from ablate.config import config_hash
 
     base = config_hash(cfg_factory())
     assert config_hash(cfg_factory("trainer.cuda_graph=true")) == base
@@ -122,7 +124,8 @@ def test_lr_tensor_is_updated_in_place_by_every_scheduler_kind(cfg_factory):
         cfg = cfg_factory(f"scheduler={name}", "optimizer=adam")
         p = torch.nn.Parameter(torch.zeros(2))
         opt = build_optimizer(cfg.optimizer, [p], 0.0)
-        sched, interval = build_scheduler(cfg.scheduler, opt, 12, 5)
+        schedule = build_scheduler(cfg.scheduler, opt, 12, 5)
+        sched, interval = schedule.scheduler, schedule.interval
         graph.lr_to_tensor(opt, torch.device("cpu"))
         lr = opt.param_groups[0]["lr"]
         seen = [float(lr)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.optim import lr_scheduler as sched
 
-from ablate import files
+from ablate import rundir
 from ablate.config import ConfigError
 from ablate.train import fit
 
@@ -24,11 +24,11 @@ def _fit(cfg_factory, tmp_path, *overrides, name="run"):
 def test_run_writes_metrics_summary_and_model(cfg_factory, tmp_path):
     run_dir, s = _fit(cfg_factory, tmp_path)
     epochs = pd.read_csv(run_dir / "epochs.csv")
-    assert list(epochs.columns) == files.EPOCH_COLUMNS
+    assert list(epochs.columns) == rundir.EPOCH_COLUMNS
     assert list(epochs.epoch) == [1, 2]
     assert epochs.test_acc.between(0, 1).all() and (epochs.images_per_second > 0).all()
     steps = pd.read_csv(run_dir / "steps.csv")
-    assert list(steps.columns) == files.STEP_COLUMNS
+    assert list(steps.columns) == rundir.STEP_COLUMNS
     assert list(steps.step) == list(range(1, 9)) and list(steps.epoch) == [1] * 4 + [2] * 4
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_done"] == 2

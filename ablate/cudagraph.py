@@ -9,7 +9,8 @@ on a large GPU. What the graph needs, and how this module provides it:
 - a learning rate the graph reads at replay time: every group's ``lr`` becomes a
   float32 device tensor, which torch's schedulers (``plateau`` included) update
   in place with ``fill_``; the optimizer is fused (SGD, Adam, AdamW) or built
-  capturable (RMSprop), so its update reads that tensor at replay;
+  capturable (RMSprop), so its update reads that tensor at replay (which flags an
+  optimizer takes is data on its schema, :func:`ablate.optim.speed_flags`);
 - warm-up on a side stream before capture (cuDNN autotuning, lazy optimizer
   state), as torch's "whole network capture" recipe does. The warm-up steps are
   then undone: weights, buffers, optimizer state and RNG are put back, so the
@@ -34,28 +35,24 @@ log = logging.getLogger("ablate")
 Body = Callable[[Tensor], tuple[Tensor, Tensor]]  # batch indices -> (loss, correct), with the optimizer step
 
 
-def obstacle(device: torch.device, pipeline: str) -> Optional[str]:
-    """Why a run with these settings cannot capture its step, or None if it can."""
+def obstacle(device: torch.device, batches: Any) -> Optional[str]:
+    """Why a run with this device and batch pipeline cannot capture its step, or None if it can."""
     if device.type != "cuda":
         return f"device is {device.type}"
-    if pipeline != "resident":
-        return f"pipeline is {pipeline} (batches come from the host)"
+    if not batches.capturable:
+        return f"pipeline {type(batches).__name__} gathers batches on the host"
     return None
 
 
-FUSED = ("sgd", "adam", "adamw")  # torch optimizers with a fused CUDA kernel (one launch per step)
-
-
-def optimizer_flags(name: str, device: torch.device, graphed: bool) -> dict[str, Any]:
-    """Constructor flags for speed on CUDA: the fused kernel where torch has one (same update rule,
-    far fewer launches), and ``capturable`` when the step is graphed, so the update keeps its
-    step counter on the device and reads the lr tensor at replay."""
-    if device.type != "cuda":
-        return {}
-    flags = {"fused": True} if name in FUSED else {}
-    if graphed and name != "sgd":  # torch's SGD has no capturable flag (nor step counter to keep on the device)
-        flags["capturable"] = True
-    return flags
+def wanted(setting: str, device: torch.device, batches: Any) -> bool:
+    """Whether to graph the step: ``trainer.cuda_graph`` is ``true``, or ``auto`` where capture is possible."""
+    setting = str(setting).lower()
+    if setting == "false":
+        return False
+    why_not = obstacle(device, batches)
+    if why_not and setting == "true":
+        log.warning("cuda_graph requested but %s: running eager", why_not)
+    return why_not is None
 
 
 def lr_to_tensor(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -1,0 +1,46 @@
+"""A run's config, composed from ``conf/`` as ``python -m ablate.run`` composes it, and checked whole.
+
+Importing this module registers every group's schema (the registries of models
+and optimizers/schedulers register theirs when imported), so Hydra can type the
+YAML. Nothing here imports torch: composing and checking a config is fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+
+from . import data, models, optim
+from .config import CONF_DIR, AugmentConf, DataConf, DatasetConf, RegularizationConf, TrainerConf, typed
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config", return_hydra_config: bool = False) -> DictConfig:
+    """``conf/<config_name>.yaml`` with Hydra overrides, for tools outside a Hydra job (notebooks, tests, bench);
+    ``return_hydra_config`` keeps the ``hydra`` node (launcher, sweeper, job naming)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def validate(cfg: Any) -> dict[str, Any]:
+    """Every group typed and range-checked, then the checks that span groups; the typed groups by name.
+
+    Raises a one-line :class:`ablate.config.ConfigError` naming the key. This is
+    what a launch checks before anything is loaded or trained."""
+    t = typed(cfg.trainer, TrainerConf)
+    groups: dict[str, Any] = {
+        "trainer": t,
+        "dataset": typed(cfg.dataset, DatasetConf),
+        "data": typed(cfg.data, DataConf),
+        "augment": typed(cfg.augment, AugmentConf),
+        "regularization": typed(cfg.regularization, RegularizationConf),
+        "model": models.MODELS.typed(cfg.model),
+        "optimizer": optim.OPTIMIZERS.typed(cfg.optimizer),
+        "scheduler": optim.SCHEDULERS.typed(cfg.scheduler),
+    }
+    data.source_of(groups["dataset"])
+    groups["scheduler"].check(t)
+    return groups
