@@ -14,7 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ReportConf
+from .config import ConfigError, ReportConf, check_sweep
 
 log = logging.getLogger("ablate")
 
@@ -23,9 +23,16 @@ class ReportCallback(Callback):
     """Write ``<sweep dir>/report/`` when a multirun ends, and say where the runs and report are.
 
     Hydra 1.3 skips ``on_multirun_end`` when a job raised, so the start hook also
-    prints the command that builds the same report from the run directories."""
+    prints the command that builds the same report from the run directories. The start
+    hook also refuses a sweep over an option that is not part of a run's identity
+    (:func:`ablate.config.check_sweep`) before any job starts."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        params = config.hydra.sweeper.get("params") or {}
+        try:
+            check_sweep([*config.hydra.overrides.task, *(f"{k}={v}" for k, v in params.items())])
+        except ConfigError as e:  # Hydra turns a callback's exceptions into warnings; this must stop the sweep
+            raise SystemExit(f"ablate: {e}") from None
         try:
             sweep = Path(config.hydra.sweep.dir)
             print(f"Sweep: {sweep}/ (report at the end, or any time: python -m ablate.report {sweep})", flush=True)

@@ -314,6 +314,27 @@ def is_factor_key(key: str) -> bool:
     return is_identity_key(key) or _key(key) in EXECUTION_KEYS
 
 
+def check_sweep(overrides: Sequence[str]) -> None:
+    """Refuse a sweep over a key outside the run's identity: its jobs would share one run directory.
+
+    ``overrides`` are the command line's (``trainer.cuda_graph=true,false``) and a preset's sweeper
+    params; one-line ConfigError saying what to do instead."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for line in overrides:
+        try:
+            (o,) = parser.parse_overrides([str(line)])
+        except Exception:  # noqa: BLE001  (Hydra itself reports unparsable overrides)
+            continue
+        key = o.key_or_group
+        if o.is_sweep_override() and key.split(".", 1)[0] in RUN_GROUPS and not is_identity_key(key):
+            raise ConfigError(
+                f"{key} is swept, but it says how a run executes, not what it is: every value would land in "
+                f"the same run directory; launch one sweep per value (hydra.sweep.dir=...) and compare them "
+                f"with python -m ablate.report SWEEP_A SWEEP_B --out DIR")
+
+
 def config_hash(cfg: DictConfig | dict) -> str:
     """Identity of a run: the resolved config of :data:`RUN_GROUPS` minus :data:`NOT_IDENTITY`."""
     d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)

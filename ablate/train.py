@@ -67,6 +67,7 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
     Returns the summary dict (also written to ``summary.json``). Raises on errors;
     the caller decides whether a failure is recorded or re-raised."""
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     summary = dict(summary or {})
     groups = validate(cfg)
     t: TrainerConf = groups["trainer"]
