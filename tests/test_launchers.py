@@ -227,8 +227,8 @@ def test_every_experiment_preset_runs_one_batch_and_the_report_merges_them(tmp_p
         (v, g) for v in ("base", "width", "dropout", "batchnorm") for g in ("none", "l2")}
     (bn,) = [r for r in birds.values() if (r["choices"]["variant"], r["choices"]["regularization"]) == (
         "batchnorm", "l2")]
-    assert (_config(bn, "model.n_channel"), _config(bn, "model.batchnorm"), _config(bn, "regularization.l2"),
-            _config(bn, "optimizer.momentum"), _config(bn, "optimizer.lr")) == (32, True, 0.001, 0.0, 0.01)
+    assert (_config(bn, "model.conv_channels"), _config(bn, "model.norm"), _config(bn, "regularization.l2"),
+            _config(bn, "optimizer.momentum"), _config(bn, "optimizer.lr")) == ([32, 16], "batch", 0.001, 0.0, 0.01)
     assert {(r["choices"]["scheduler"], r["choices"]["model"]) for r in runs["homework"].values()} == {
         (s, m) for s in ("step", "cosine", "plateau", "onecycle") for m in ("lenet", "simple_cnn", "cnn3")}
 
