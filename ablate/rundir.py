@@ -158,6 +158,24 @@ def is_run_dir(path: Path) -> bool:
     return any((p / n).exists() for n in (SUMMARY_JSON, EPOCHS_CSV, HYDRA_DIR))
 
 
+def find_runs(root: Path) -> list[Path]:
+    """Run directories under ``root`` (itself included), sorted; a run directory's own subfolders,
+    ``report/`` and hidden folders are not searched."""
+    found = []
+    stack = [Path(root)]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(d.iterdir())
+        except OSError:
+            continue
+        if is_run_dir(d):
+            found.append(d)
+            continue
+        stack.extend(e for e in entries if e.is_dir() and e.name != "report" and not e.name.startswith("."))
+    return sorted(found)
+
+
 def read_summary(run_dir: Path) -> dict | None:
     return read_json(Path(run_dir) / SUMMARY_JSON)
 
