@@ -1,8 +1,11 @@
 """Where a run's training batches come from: two pipelines, side by side.
 
-Both give ``steps`` full batches per epoch (the ragged last one dropped: every step
-has one shape) of normalised float ``x`` and integer ``y`` on the device, drawn
-from torch's global RNG (seeding, and a resumed checkpoint, reproduce them).
+Both give ``steps`` batches per epoch of normalised float ``x`` and integer ``y``
+on the device, drawn from torch's global RNG (seeding, and a resumed checkpoint,
+reproduce them), and say how many images each step holds (``sizes``), so the
+trainer counts images exactly. With ``trainer.drop_last`` (default) the ragged
+last batch is dropped and every step has one shape; without it the last step
+holds the remaining ``N mod batch_size`` images and every image is trained on.
 ``capturable`` says whether the batch can be gathered inside a captured CUDA
 graph (:mod:`ablate.cudagraph`): only when the data already lives on the device.
 
@@ -30,26 +33,31 @@ from .config import AugmentConf, TrainerConf
 from .data import TensorData
 
 
+def step_sizes(n: int, batch_size: int, drop_last: bool, limit: Optional[int]) -> list[int]:
+    """Images in each step of an epoch over ``n`` images: full batches, then the ragged rest unless dropped."""
+    sizes = [batch_size] * (n // batch_size) + ([] if drop_last or n % batch_size == 0 else [n % batch_size])
+    return sizes[:limit] if limit is not None else sizes
+
+
 class ResidentBatches:
     """Training batches gathered from a uint8 copy of the split held on the device."""
 
     capturable = True
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, augment: BatchAugment,
-                 device: torch.device, limit: Optional[int] = None) -> None:
+                 device: torch.device, limit: Optional[int] = None, drop_last: bool = True) -> None:
         self.x = x.to(device)
         self.y = y.to(device)
         self.batch_size = min(batch_size, len(x))
         self.augment = augment
-        self.steps = len(x) // self.batch_size
-        if limit is not None:
-            self.steps = min(self.steps, limit)
+        self.sizes = step_sizes(len(x), self.batch_size, drop_last, limit)
+        self.steps = len(self.sizes)
 
     def indices(self) -> Iterator[torch.Tensor]:
         """Each step's batch indices: slices of one on-device permutation per epoch."""
         perm = torch.randperm(len(self.x), device=self.x.device)
         for i in range(self.steps):
-            yield perm[i * self.batch_size:(i + 1) * self.batch_size]
+            yield perm[i * self.batch_size:(i + 1) * self.batch_size]  # the last may be ragged
 
     def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.augment(self.x[idx]), self.y[idx]
@@ -92,12 +100,11 @@ class LoaderBatches:
         context = multiprocessing.get_context("fork") if workers and sys.platform == "linux" else None
         self.loader = DataLoader(
             TransformDataset(data.train_x, data.train_y, transform), batch_size=self.batch_size, shuffle=True,
-            drop_last=True, num_workers=workers, pin_memory=self.device.type == "cuda",
+            drop_last=t.drop_last, num_workers=workers, pin_memory=self.device.type == "cuda",
             persistent_workers=False,  # fresh worker seeds each epoch: resumable
             generator=self.generator, multiprocessing_context=context)
-        self.steps = len(self.loader)
-        if t.limit_batches is not None:
-            self.steps = min(self.steps, t.limit_batches)
+        self.sizes = step_sizes(len(data.train_x), self.batch_size, t.drop_last, t.limit_batches)
+        self.steps = len(self.sizes)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.generator.manual_seed(int(torch.randint(0, 2**62, ()).item()))  # from the checkpointed global RNG
@@ -112,5 +119,5 @@ def make_batches(data: TensorData, t: TrainerConf, aug_cfg: AugmentConf,
     """The configured pipeline (``trainer.pipeline``) over the training split."""
     if t.pipeline == "resident":
         aug = BatchAugment(aug_cfg, data.mean, data.std)
-        return ResidentBatches(data.train_x, data.train_y, t.batch_size, aug, device, t.limit_batches)
+        return ResidentBatches(data.train_x, data.train_y, t.batch_size, aug, device, t.limit_batches, t.drop_last)
     return LoaderBatches(data, t, aug_cfg, device)

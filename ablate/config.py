@@ -135,6 +135,7 @@ class Registry:
 class TrainerConf:
     epochs: int = 10
     batch_size: int = 128
+    drop_last: bool = True  # drop each epoch's ragged last batch (every step one shape: graphable)
     eval_batch_size: int = 1024
     device: str = "auto"
     seed: int = 0

@@ -109,7 +109,10 @@ class GraphStep:
     """``step(idx) -> (loss, correct)`` by graph replay; captured on the first call.
 
     If warm-up or capture raises, the reason is logged once and every step runs
-    ``body`` eagerly (the warm-up is undone either way)."""
+    ``body`` eagerly (the warm-up is undone either way). A batch of another size
+    than the captured one (an epoch's ragged last batch, ``trainer.drop_last=false``)
+    runs eagerly too: a graph replays one shape. It updates the same weights and
+    optimizer state in place, so the next replay continues from it."""
 
     def __init__(self, body: Body, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  device: torch.device, warmup: int = 3, graphs: Any = None) -> None:
@@ -122,7 +125,7 @@ class GraphStep:
         self.out: tuple[Tensor, ...] = ()
 
     def __call__(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        if self.eager:
+        if self.eager or (self.idx is not None and idx.shape != self.idx.shape):
             return self.body(idx)
         if self.replay is None:
             self._capture(idx)

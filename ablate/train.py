@@ -138,8 +138,9 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
                     diverged = True
                     break
                 log.info("epoch %d step %d/%d loss %.4f", epoch, i + 1, batches.steps, running)
-        n_steps, seen = len(lrs), len(lrs) * batches.batch_size
-        train_loss = losses[:n_steps].mean().item()
+        n_steps, seen = len(lrs), sum(batches.sizes[:len(lrs)])  # a ragged last batch counts its own images
+        sizes = torch.tensor(batches.sizes[:n_steps], device=device, dtype=losses.dtype)
+        train_loss = (losses[:n_steps] * sizes).sum().item() / max(seen, 1)  # mean over images, not batches
         train_acc = correct.item() / max(seen, 1)
         train_seconds = time.perf_counter() - t0
         diverged = diverged or not math.isfinite(train_loss)

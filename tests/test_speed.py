@@ -30,12 +30,13 @@ from ablate.train import fit
 from conftest import ROOT, run_cli
 
 
-def _setup(cfg, optimizer: str):
+def _setup(cfg, optimizer: str, n: int = 512, drop_last: bool = True):
     seed_everything(0)
     data = load_dataset(cfg.dataset, cfg.data)
     model = build_model(cfg.model, data.channels, data.image_size, data.num_classes)
     aug = BatchAugment(typed(cfg.augment, AugmentConf), data.mean, data.std)
-    batches = ResidentBatches(data.train_x[:512], data.train_y[:512], 32, aug, torch.device("cpu"))
+    batches = ResidentBatches(data.train_x[:n], data.train_y[:n], 32, aug, torch.device("cpu"),
+                              drop_last=drop_last)
     opt = build_optimizer(cfg.optimizer, model.parameters(), 0.0)
     sched = build_scheduler(cfg.scheduler, opt, 2, batches.steps).scheduler
 
@@ -74,6 +75,40 @@ def test_graph_step_trains_like_eager(cfg_factory, optimizer, scheduler):
     for a, b in zip(eager_params, graph_params):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert len(set(eager_losses)) > 1  # it really trained
+
+
+class _CountsReplays(graph.EmulatedGraphs):
+    replays = 0
+
+    def capture(self, fn):
+        out, replay = super().capture(fn)
+
+        def counted():
+            self.replays += 1
+            replay()
+        return out, counted
+
+
+def test_ragged_last_batch_runs_eagerly_between_replays(cfg_factory):
+    """drop_last=false: 500 images = 15 batches of 32 + 20; the graph replays the full batches, the ragged
+    one runs eagerly on the same weights and optimizer state, and the whole matches eager training."""
+    cfg = cfg_factory("optimizer=adam", "scheduler=onecycle", "model=lenet")
+    runs = {}
+    for mode in ("eager", "graph"):
+        model, opt, sched, batches, body = _setup(cfg, "adam", n=500, drop_last=False)
+        graphs = _CountsReplays()
+        step = graph.GraphStep(body, model, opt, torch.device("cpu"), graphs=graphs) if mode == "graph" else body
+        losses = []
+        for _ in range(2):
+            for idx in batches.indices():
+                losses.append(float(step(idx)[0]))
+                sched.step()
+        runs[mode] = losses, [p.detach().clone() for p in model.parameters()], graphs.replays
+    assert batches.sizes == [32] * 15 + [20]
+    assert len(runs["graph"][0]) == 32 and runs["graph"][2] == 30  # 2 epochs x 15 full batches replayed
+    assert runs["graph"][0] == pytest.approx(runs["eager"][0], rel=1e-5, abs=1e-6)
+    for a, b in zip(runs["eager"][1], runs["graph"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 class _Refuses(graph.EmulatedGraphs):

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
+from torch import nn
 from torch.optim import lr_scheduler as sched
 
 from ablate import rundir
 from ablate.config import ConfigError
+from ablate.models import MODELS
 from ablate.train import fit
+from fakedata import write_idx
 
 
 def _fit(cfg_factory, tmp_path, *overrides, name="run"):
@@ -143,3 +149,73 @@ def test_bad_values_name_the_key(cfg_factory, tmp_path, override, key):
 def test_plateau_needs_eval_every_epoch(cfg_factory, tmp_path):
     with pytest.raises(ConfigError, match="trainer.eval_every"):
         _fit(cfg_factory, tmp_path, "scheduler=plateau", "trainer.eval_every=2")
+
+
+# --------------------------------------------------------------------------- which images an epoch trains on
+class _Probe(nn.Module):
+    """A real (linear) model that also counts, per image id, the training images it is fed in train mode.
+
+    The id is written into pixel (0, 0) of each image; the counts live in a buffer, so they are saved in
+    model.pt and rolled back with the weights wherever the trainer rolls state back."""
+
+    def __init__(self, c: int, h: int, w: int, k: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(c * h * w, k)
+        self.register_buffer("hits", torch.zeros(256, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            ids = (x[:, 0, 0, 0] * 255).round().long()  # dataset mean 0, std 1: x = pixel / 255
+            self.hits.index_add_(0, ids, torch.ones_like(ids))
+        return self.fc(x.flatten(1))
+
+
+@dataclass
+class _ProbeConf:
+    name: str = "probe"
+
+
+@pytest.fixture
+def probe_model():
+    MODELS.register("probe", _ProbeConf)(lambda cfg, c, size, k: _Probe(c, *size, k))
+    yield OmegaConf.create({"name": "probe"})
+    del MODELS.builders["probe"], MODELS.schemas["probe"]
+
+
+def _id_images(root, n_train: int = 100, n_test: int = 20) -> None:
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        x[:, 0, 0] = np.arange(n)
+        write_idx(root / "MNIST" / "raw", prefix, x, np.arange(n) % 10)
+
+
+@pytest.mark.parametrize("pipeline", ["resident", "dataloader"])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_drop_last_false_trains_on_every_image_each_epoch(cfg_factory, tmp_path, probe_model, pipeline, drop_last):
+    """100 images in batches of 32: 3 full batches and a ragged one of 4, which only drop_last=false trains on."""
+    _id_images(tmp_path / "data")
+    cfg = cfg_factory("dataset=mnist", "dataset.mean=[0.0]", "dataset.std=[1.0]", "augment=none",
+                      "optimizer=sgd", "scheduler=none", "trainer.batch_size=32", "trainer.limit_batches=null",
+                      "trainer.epochs=3", f"trainer.pipeline={pipeline}", "trainer.num_workers=0",
+                      f"trainer.drop_last={str(drop_last).lower()}")
+    OmegaConf.set_struct(cfg, False)
+    cfg.model = probe_model
+    run_dir = tmp_path / "run"
+    summary = fit(cfg, run_dir, "h")
+    assert summary["status"] == "completed"
+    hits = torch.load(run_dir / "model.pt", weights_only=True)["hits"]
+    steps, epochs = pd.read_csv(run_dir / "steps.csv"), pd.read_csv(run_dir / "epochs.csv")
+    sizes = [32, 32, 32] if drop_last else [32, 32, 32, 4]
+    assert steps.groupby("epoch").size().tolist() == [len(sizes)] * 3
+    if drop_last:
+        assert hits.sum() == 3 * 96 and hits[100:].sum() == 0 and int(hits.max()) <= 3
+    else:
+        assert hits[:100].tolist() == [3] * 100 and hits[100:].sum() == 0  # every image, once per epoch
+    # train_loss is the mean over the epoch's images (steps.csv holds each step's batch mean) ...
+    for e, rows in steps.groupby("epoch"):
+        want = float(np.dot(rows.loss, sizes)) / sum(sizes)
+        assert epochs.train_loss[e - 1] == pytest.approx(want, rel=1e-6)
+    # ... and train_acc a whole number of them.
+    seen = epochs.train_acc * sum(sizes)
+    assert np.allclose(seen, seen.round(), atol=1e-6)
