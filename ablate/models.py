@@ -6,7 +6,7 @@ MNIST, CIFAR-10 and CIFAR-2 alike. Structure is a set of knobs, one concept
 each, with the same name and meaning on every model that has them (``norm``,
 ``norm_groups``, ``activation``, ``init``; the plain CNNs add ``conv_channels``,
 ``kernel_size``, ``pool``, ``dropout2d``, ``dense``, ``dense_norm``, ``dropout``;
-``resnet`` adds ``width``, ``depth``, ``stages``); each model's
+``resnet`` adds ``width``, ``depth``, ``stages``, ``residual``); each model's
 defaults rebuild its tutorial's net exactly.
 
 Models are named ``nn.Sequential``s whose children are registered in execution
@@ -280,6 +280,7 @@ class ResNetConf(NetKnobs):
     width: int = 64            # channels of the first stage; each later stage doubles them
     depth: int = 2             # basic blocks per stage (6 * depth + 2 weighted layers with 3 stages)
     stages: int = 3            # each stage after the first halves the resolution (stride-2 first block)
+    residual: bool = True      # false: the same blocks without shortcuts (He et al.'s "plain" net)
     norm: str = "batch"
     init: str = "kaiming_normal"
 
@@ -302,7 +303,8 @@ def resnet(cfg: ResNetConf, in_channels: int, image_size: tuple[int, int], num_c
     normalised and activated, so the head needs no extra norm. Downsampling is by stride-2 convs (no
     stem pooling: 28-32 pixel inputs), so any input size >= 1 works. A shortcut is a projection
     (1x1 conv + norm) where the shape changes, else the identity. Convs followed by a norm layer
-    have no bias (the norm's shift replaces it)."""
+    have no bias (the norm's shift replaces it). ``residual=false`` drops every shortcut, leaving
+    ``act(main(x))``: the paper's plain counterpart, the same layers less the projections."""
     from torch import nn
 
     from .layers import Residual
@@ -322,9 +324,13 @@ def resnet(cfg: ResNetConf, in_channels: int, image_size: tuple[int, int], num_c
             stride = 2 if i > 0 and b == 0 else 1
             main = nn.Sequential(OrderedDict(conv_norm(c, out, 3, stride, "1") + [(f"{act}1", _activation(act))]
                                              + conv_norm(out, out, 3, 1, "2")))
-            shortcut = (nn.Identity() if stride == 1 and c == out
-                        else nn.Sequential(OrderedDict(conv_norm(c, out, 1, stride, ""))))
-            blocks.append((f"block{b + 1}", Residual(shortcut, main, _activation(act))))
+            if cfg.residual:
+                shortcut = (nn.Identity() if stride == 1 and c == out
+                            else nn.Sequential(OrderedDict(conv_norm(c, out, 1, stride, ""))))
+                block: nn.Module = Residual(shortcut, main, _activation(act))
+            else:
+                block = nn.Sequential(OrderedDict([("main", main), ("act", _activation(act))]))
+            blocks.append((f"block{b + 1}", block))
             c = out
         layers.append((f"stage{i + 1}", nn.Sequential(OrderedDict(blocks))))
     layers += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("out", nn.Linear(c, num_classes))]

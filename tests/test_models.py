@@ -230,6 +230,9 @@ def test_resnet_parameter_counts() -> None:
         (36 + 4) + 2 * (144 + 4) + (288 + 8) + (576 + 8) + (32 + 8) + head) == 1_346
     # depth 2 adds one identity block per stage
     assert params({**small, "depth": 2}) == 1_382 + (4 * 4 * 9 + 8) * 2 + (8 * 8 * 9 + 16) * 2 == 2_870
+    # residual false: the same blocks without shortcuts, so only the projection (1x1 conv + BN) goes
+    assert params({**small, "residual": False}) == 1_382 - (4 * 8 + 2 * 8) == 1_334
+    assert params({**small, "depth": 2, "residual": False}) == 2_870 - (4 * 8 + 2 * 8) == 2_822
 
 
 def test_resnet_default_size() -> None:
@@ -286,6 +289,21 @@ def test_resnet_skip_connections_exist() -> None:
     assert rows["stage2.block1.shortcut.bn"] == ("BatchNorm2d", (16, 16, 16), 2 * 16)
     assert rows["stage1.block1.shortcut"] == ("Identity", (8, 32, 32), 0)
     assert rows["stage3.block1.act"][1] == (32, 8, 8) and df.output_shape.iloc[-1] == (10,)
+
+
+def test_resnet_residual_false_is_the_plain_net() -> None:
+    torch.manual_seed(0)
+    plain = build_model({**SMALL_RESNET, "residual": False}, 3, (32, 32), 10).eval()
+    assert "Residual" not in {type(m).__name__ for m in plain.modules()}
+    assert not [n for n, _ in plain.named_modules() if "shortcut" in n]
+    with torch.no_grad():
+        h = plain[:3](torch.randn(4, 3, 32, 32))
+        block = plain.stage2.block1
+        assert torch.allclose(block(h), block.act(block.main(h)))  # no shortcut added
+        block.main.bn2.weight.zero_()
+        block.main.bn2.bias.zero_()
+        assert torch.equal(block(h), torch.zeros_like(block(h)))  # main path silenced: nothing passes
+    assert last_conv(plain) is plain.stage3.block1.main.conv2
 
 
 def test_resnet_norm_knobs() -> None:
