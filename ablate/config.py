@@ -280,7 +280,7 @@ for _group, _schema in (("trainer", TrainerConf), ("regularization", Regularizat
 # A run is its choice in each of these groups, as resolved...
 RUN_GROUPS = ("dataset", "model", "optimizer", "scheduler", "augment", "regularization", "trainer")
 # ...set directly or through a preset (whose choice is recorded too)...
-PRESET_GROUPS = ("experiment", "variant", "hparams_search")
+PRESET_GROUPS = ("experiment", "variant", "structure", "hparams_search")
 # ...minus the keys that say how or where it runs, not what it computes. A finished run relaunched with
 # another value of these is the same run: skipped, or resumed where it stopped.
 # How it executes: a report may still compare these (sweeps run once per value, merged).

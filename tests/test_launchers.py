@@ -144,28 +144,19 @@ def test_dry_run_lists_every_job_and_trains_nothing(tmp_path):
     out = _ok(run_cli(["-m", "experiment=birds_vs_planes", "dry_run=true", f"hydra.sweep.dir={sweep}"],
                       cwd=tmp_path))
     lines = [ln for ln in out.splitlines() if ln.startswith("[dry run]")]
-    assert len(lines) == 4 * 2
+    assert len(lines) == 4 * 3
     dirs = {ln.split(" -> ")[1].rsplit(" (", 1)[0] for ln in lines}
-    assert len(dirs) == 8 and all(Path(d).parent == sweep for d in dirs)
+    assert len(dirs) == 12 and all(Path(d).parent == sweep for d in dirs)
     assert str(sweep / "experiment=birds_vs_planes,regularization=l2,variant=batchnorm") in dirs
     assert sum(ln.endswith("(already completed: would skip)") for ln in lines) == 1
     assert sum(ln.endswith("(running after 3 epoch(s): would resume)") for ln in lines) == 1
-    assert sum(ln.endswith("(new)") for ln in lines) == 6
+    assert sum(ln.endswith("(new)") for ln in lines) == 10
     assert all("dry_run" not in ln.split(" -> ")[0] for ln in lines)
     # Nothing trained, no Hydra record written, no report.
     assert not list(sweep.rglob(".hydra")) and not list(sweep.rglob("epochs.csv"))
     assert len(list(sweep.rglob("summary.json"))) == 2
     assert not (sweep / "report").exists()
     assert "Dry run: nothing was trained" in out
-
-
-def test_homework_grid_is_36_runs():
-    cfg = compose(["experiment=homework"], return_hydra_config=True)
-    params = cfg.hydra.sweeper.params
-    assert {k: v.split(",") for k, v in params.items()} == {
-        "scheduler": ["step", "cosine", "plateau", "onecycle"], "model": ["lenet", "simple_cnn", "cnn3"],
-        "trainer.seed": ["0", "1", "2"]}
-    assert cfg.dataset.name == "fashion_mnist"
 
 
 @pytest.fixture
@@ -190,16 +181,15 @@ def _config(run: dict, key: str):
 def test_every_experiment_preset_runs_one_batch_and_the_report_merges_them(tmp_path, fake_data):
     base = [*ONE_BATCH, f"data.root={fake_data}", "~hydra.callbacks.report"]  # one merged report at the end
     single = tmp_path / "single"  # the one-run presets, as one sweep
-    _ok(run_cli(["-m", "experiment=cifar10_cnn,mnist_simple_cnn,lenet_fashion", *base,
+    _ok(run_cli(["-m", "experiment=cifar10_cnn,mnist_simple_cnn,lenet_fashion,homework", *base,
                  f"hydra.sweep.dir={single}"], cwd=tmp_path))
     sweeps = {"single": single}
-    for name, extra in {"cifar10_schedulers": [], "birds_vs_planes": [],
-                        "homework": ["trainer.seed=0"]}.items():  # its 3 seeds: test_homework_grid_is_36_runs
+    for name, extra in {"cifar10_schedulers": [], "birds_vs_planes": []}.items():  # the new sweeps: test_presets.py
         sweeps[name] = tmp_path / name
         _ok(run_cli(["-m", f"experiment={name}", *base, *extra, f"hydra.sweep.dir={sweeps[name]}"], cwd=tmp_path))
 
     runs = {k: _summaries(v) for k, v in sweeps.items()}
-    assert [len(runs[k]) for k in sweeps] == [3, 4, 8, 12]
+    assert [len(runs[k]) for k in sweeps] == [4, 4, 12]
     for group in runs.values():
         for name, r in group.items():
             assert r["status"] == "completed", (name, r.get("error"))
@@ -224,19 +214,20 @@ def test_every_experiment_preset_runs_one_batch_and_the_report_merges_them(tmp_p
         "step", "exponential", "cosine_t10", "plateau"}
     birds = runs["birds_vs_planes"]
     assert {(r["choices"]["variant"], r["choices"]["regularization"]) for r in birds.values()} == {
-        (v, g) for v in ("base", "width", "dropout", "batchnorm") for g in ("none", "l2")}
+        (v, g) for v in ("base", "width", "dropout", "batchnorm") for g in ("none", "l2", "l2_as_decay")}
     (bn,) = [r for r in birds.values() if (r["choices"]["variant"], r["choices"]["regularization"]) == (
         "batchnorm", "l2")]
     assert (_config(bn, "model.conv_channels"), _config(bn, "model.norm"), _config(bn, "regularization.l2"),
             _config(bn, "optimizer.momentum"), _config(bn, "optimizer.lr")) == ([32, 16], "batch", 0.001, 0.0, 0.01)
-    assert {(r["choices"]["scheduler"], r["choices"]["model"]) for r in runs["homework"].values()} == {
-        (s, m) for s in ("step", "cosine", "plateau", "onecycle") for m in ("lenet", "simple_cnn", "cnn3")}
+    homework = one("single", "homework")
+    assert (homework["choices"]["model"], homework["choices"]["scheduler"], homework["choices"]["dataset"]) == (
+        "cnn3", "cosine", "fashion_mnist")
 
-    # One report over all four sweeps.
+    # One report over all three sweeps.
     out = tmp_path / "merged"
     assert report.main([*map(str, sweeps.values()), "--out", str(out)]) == 0
     rows = pd.read_csv(out / "summary.csv")
-    assert len(rows) == 3 + 4 + 8 + 12 and set(rows["status"]) == {"completed"}
+    assert len(rows) == 4 + 4 + 12 and set(rows["status"]) == {"completed"}
 
 
 def test_slurm_preset_reaches_sbatch_and_a_requeue_reruns_the_same_job(tmp_path, monkeypatch):

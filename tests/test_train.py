@@ -95,6 +95,14 @@ def test_epoch_scheduler_lr_matches_torch(cfg_factory, tmp_path, name, make):
     assert got == pytest.approx(_torch_lrs(make, 4, 1), rel=LR_REL)
 
 
+def test_cosine_t10_trains_at_its_minimum_in_epoch_11(cfg_factory, tmp_path):
+    """The CIFAR tutorial's CosineAnnealingLR(T_max=10), stepped after each epoch (README's claim)."""
+    run_dir, _ = _fit(cfg_factory, tmp_path, "scheduler=cosine_t10", "optimizer.lr=1e-3", "trainer.epochs=12",
+                      "trainer.limit_batches=1")
+    lr = pd.read_csv(run_dir / "epochs.csv").set_index("epoch").lr
+    assert lr[11] == pytest.approx(1e-5, rel=LR_REL) and lr[10] > 3e-5 and lr[12] > 3e-5 and lr[1] == pytest.approx(1e-3)
+
+
 def test_plateau_lowers_lr_only_after_patience(cfg_factory, tmp_path):
     # With threshold 0.5 (relative) no epoch after the first counts as an improvement.
     run_dir, _ = _fit(cfg_factory, tmp_path, "scheduler=plateau", "scheduler.patience=2", "scheduler.threshold=0.5",
@@ -128,6 +136,17 @@ def test_l2_and_weight_decay_change_training_differently(cfg_factory, tmp_path):
     # ... and for plain SGD an explicit l2*sum(w^2) penalty has gradient 2*l2*w: it equals weight_decay=2*l2.
     for k in runs["l2"]:
         torch.testing.assert_close(runs["l2"][k], runs["wd"][k], rtol=1e-4, atol=1e-5)
+
+
+def test_shipped_l2_as_decay_trains_like_l2_under_plain_sgd(cfg_factory, tmp_path):
+    """birds_vs_planes' two regularization arms as shipped (lambda 0.001; weight_decay 0.002), its optimizer."""
+    base = ["optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.0", "trainer.epochs=1"]
+    a, sa = _fit(cfg_factory, tmp_path, *base, "regularization=l2", name="l2")
+    b, sb = _fit(cfg_factory, tmp_path, *base, "regularization=l2_as_decay", name="decay")
+    wa, wb = (torch.load(d / "model.pt", weights_only=True) for d in (a, b))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+    assert sa["final_train_loss"] == pytest.approx(sb["final_train_loss"], rel=1e-5)  # the penalty is not in it
 
 
 def test_l2_is_not_adamw_decay(cfg_factory, tmp_path):
