@@ -16,8 +16,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import optimize, special
-from scipy.stats import nct
+
+# scipy is imported inside the functions that use it: `python -m ablate.run` imports the report and
+# so this module, and scipy.special + scipy.stats would add ~0.5 s to every start.
 
 # A spread below this share of the values' size is floating-point rounding of equal differences
 # (0.82 - 0.80 != 0.83 - 0.81 in binary), not seed noise: it is treated as zero spread.
@@ -92,6 +93,8 @@ class Comparison:
 
 def _interval(diff: float, se: float, df: float, alpha: float) -> tuple[float, float]:
     """The 1 - alpha interval diff ± t_{1 - alpha/2, df} · se; NaN without a positive se."""
+    from scipy import special
+
     if not (se > 0 and df > 0 and 0 < alpha < 1):
         return math.nan, math.nan
     half = float(special.stdtrit(df, 1 - alpha / 2)) * se
@@ -109,6 +112,8 @@ def compare(a: Sequence[float], b: Sequence[float], paired: bool, *legacy: float
     2/2^n (paired), permutation (1 + [n_a = n_b]) / C(n_a + n_b, n_a) (unpaired); so only many
     seeds that all agree can settle it, and identical arms (difference 0) get p = 1.
     ``legacy``: the old report's positional (n_boot, confidence, seed); only confidence is used."""
+    from scipy import special
+
     if legacy:
         alpha = 1 - legacy[1] if len(legacy) > 1 else alpha
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -206,6 +211,9 @@ def t_power(delta: float, sd: float, n: int, alpha: float = 0.05, paired: bool =
 
     Paired: n units, differences with sd ``sd``, df n - 1. Unpaired: n per arm, each with sd ``sd``,
     df 2n - 2 (the df Welch's t reaches with equal arms). From the noncentral t distribution."""
+    from scipy import special
+    from scipy.stats import nct
+
     if n < 2:
         return math.nan
     df = n - 1 if paired else 2 * n - 2
@@ -240,13 +248,15 @@ def min_detectable(sd: float, n: int, alpha: float = 0.05, power: float = 0.8, p
     """Smallest true difference that ``n`` seeds (paired units, or per arm) declare at level
     ``alpha`` with probability ``power``; inf below 2 seeds. Inverse of seeds_needed:
     min_detectable(sd, seeds_needed(sd, d)) <= d."""
+    from scipy.optimize import brentq
+
     _check_sd(sd)
     if n < 2:
         return math.inf
     hi = sd
     while t_power(hi, sd, n, alpha, paired) < power:
         hi *= 2
-    root = optimize.brentq(lambda d: t_power(d, sd, n, alpha, paired) - power, 0.0, hi, xtol=1e-14 * hi)
+    root = brentq(lambda d: t_power(d, sd, n, alpha, paired) - power, 0.0, hi, xtol=1e-14 * hi)
     # Round toward the side that reaches the power, so the claim "resolves this" holds.
     return float(root if t_power(root, sd, n, alpha, paired) >= power else root + 2e-14 * hi)
 
