@@ -75,15 +75,15 @@ def test_table_counts_match_every_model_on_every_dataset():
             df = ins.layer_table(model, (c, h, w))
             where = f"model={m} dataset={d}"
             assert df.params.sum() == count_parameters(model), where
-                assert df.trainable.sum() == count_parameters(model, trainable_only=True), where
-                assert df.output_shape.iloc[-1] == (k,), where
-                assert (df.mult_adds >= 0).all() and df.mult_adds.sum() > 0, where
-                # the table's shapes are what the layers really output
-                x = torch.zeros(1, c, h, w)
-                model.eval()
-                for (name, layer), shape in zip(model.named_children(), df.output_shape):
-                    x = layer(x)
-                    assert tuple(x.shape[1:]) == shape, f"{where} {name}"
+            assert df.trainable.sum() == count_parameters(model, trainable_only=True), where
+            assert df.output_shape.iloc[-1] == (k,), where
+            assert (df.mult_adds >= 0).all() and df.mult_adds.sum() > 0, where
+            # the table's shapes are what the layers really output
+            x = torch.zeros(1, c, h, w)
+            model.eval()
+            for (name, layer), shape in zip(model.named_children(), df.output_shape):
+                x = layer(x)
+                assert tuple(x.shape[1:]) == shape, f"{where} {name}"
     assert ins.dataset_shape({"source": "cifar10", "classes": [0, 2]}) == (3, 32, 32, 2)
 
 
