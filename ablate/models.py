@@ -91,6 +91,56 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def _mult_adds(module: nn.Module, out: Any) -> int:
+    """Multiply-adds of one call (bias adds not counted): Conv2d and Linear only."""
+    from torch import nn
+
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return out.numel() * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return out.numel() * module.in_features
+    return 0
+
+
+def layer_calls(model: nn.Module, input_shape: Sequence[int]) -> list[dict[str, Any]]:
+    """One record per leaf-module call on one input of ``input_shape`` (C, H, W), in execution order:
+    ``layer`` (name), ``type``, ``output_shape`` (batch dimension dropped), ``params``, ``trainable``,
+    ``mult_adds``. Runs in eval mode (a batch of one through BatchNorm1d), restores the model's mode,
+    and draws no random numbers, so the trainer may call it before training."""
+    import torch
+
+    calls: list[dict[str, Any]] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(module: nn.Module, _inp: Any, out: Any) -> None:
+        tensor = isinstance(out, torch.Tensor)
+        own = list(module.parameters(recurse=False))
+        calls.append(dict(layer=names[module], type=type(module).__name__,
+                          output_shape=tuple(out.shape[1:]) if tensor else (), params=sum(p.numel() for p in own),
+                          trainable=sum(p.numel() for p in own if p.requires_grad),
+                          mult_adds=_mult_adds(module, out) if tensor else 0))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu")
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return calls
+
+
+def count_mult_adds(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-adds of one forward pass of one image of ``input_shape`` (C, H, W): Conv2d and Linear."""
+    return sum(c["mult_adds"] for c in layer_calls(model, input_shape))
+
+
 def build_model(cfg: Any, in_channels: int, image_size: Sequence[int], num_classes: int) -> nn.Module:
     """Build ``cfg.name``'s model for inputs ``in_channels x H x W`` and ``num_classes`` outputs."""
     require(int(num_classes) > 0, "dataset.num_classes", num_classes, "must be > 0")

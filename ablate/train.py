@@ -31,7 +31,7 @@ from .config import TrainerConf
 from .data import TensorData, load_dataset
 from .device import (prepare_backends, release, resolve_device, rng_state, seed_everything, set_rng_state,
                      use_amp, use_channels_last)
-from .models import build_model, count_parameters
+from .models import build_model, count_mult_adds, count_parameters
 from .optim import Schedule, build_optimizer, build_scheduler, speed_flags
 from .rundir import CheckpointError
 
@@ -78,7 +78,9 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
     amp, channels_last = use_amp(t, device), use_channels_last(t, device)
 
     data = load_dataset(cfg.dataset, cfg.data)
-    model = build_model(cfg.model, data.channels, data.image_size, data.num_classes).to(device)
+    model = build_model(cfg.model, data.channels, data.image_size, data.num_classes)
+    mult_adds = count_mult_adds(model, (data.channels, *data.image_size))  # per image; draws no random numbers
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     batches = make_batches(data, t, groups["augment"], device)
@@ -90,7 +92,7 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
     step_model = torch.compile(model) if t.compile else model
 
     summary.update(status="running", error=None, traceback=None, config_hash=config_hash,
-                   params=count_parameters(model), epochs_planned=t.epochs, device=str(device),
+                   params=count_parameters(model), mult_adds=mult_adds, epochs_planned=t.epochs, device=str(device),
                    torch_version=torch.__version__, seed=t.seed, run_dir=str(run_dir))
     rows, start_epoch, seconds = _resume(run_dir, config_hash, model, optimizer, schedule)
     # After the resume, whose load_state_dict puts back the lr the checkpoint had (float or tensor).

@@ -21,7 +21,7 @@ from ablate import inspect as ins
 from ablate.config import InspectConf
 from ablate.data import dataset_shape
 from ablate.inspect.cli import main as inspect_main
-from ablate.models import SimpleCNNConf, build_model, count_parameters, last_conv
+from ablate.models import SimpleCNNConf, build_model, count_mult_adds, count_parameters, last_conv
 from ablate.train import fit
 from conftest import ROOT, make_cfg
 
@@ -81,6 +81,7 @@ def test_table_counts_match_every_model_on_every_dataset():
             assert df.trainable.sum() == count_parameters(model, trainable_only=True), where
             assert df.output_shape.iloc[-1] == (k,), where
             assert (df.mult_adds >= 0).all() and df.mult_adds.sum() > 0, where
+            assert df.mult_adds.sum() == count_mult_adds(model, (c, h, w)), where  # what summary.json records
             # the table's shapes are what the layers really output (a block's: its last leaf's)
             x = torch.zeros(1, c, h, w)
             model.eval()

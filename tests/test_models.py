@@ -15,7 +15,7 @@ from torch import nn
 from ablate import inspect as ins
 from ablate.config import ConfigError
 from ablate.models import (MODELS, CNN3Conf, LeNetConf, ResNetConf, SimpleCNNConf, TinyNetConf, build_model,
-                           count_parameters, last_conv)
+                           count_mult_adds, count_parameters, last_conv)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "conf")
@@ -213,6 +213,33 @@ def test_lenet_init_default_is_xavier() -> None:
     torch.manual_seed(0)
     w = build_model(LeNetConf(), 1, (28, 28), 10).fc1.weight.detach()  # fan_in 400, fan_out 120
     assert abs(w.std().item() / (2 / 520) ** 0.5 - 1) < 0.05
+
+
+# --------------------------------------------------------------------------- compute
+def test_count_mult_adds_by_hand() -> None:
+    # LeNet on 1x28x28: conv 1->6 5x5 at 28x28, conv 6->16 5x5 at 10x10, dense 400->120->84->10
+    assert count_mult_adds(build_model(LeNetConf(), 1, (28, 28), 10), (1, 28, 28)) == (
+        28 * 28 * 6 * 25 + 10 * 10 * 16 * 6 * 25 + 400 * 120 + 120 * 84 + 84 * 10) == 416_520
+    # cnn3 on 3x32x32: convs at 32, 16, 8 pixels; BatchNorm, pooling and activations count nothing
+    assert count_mult_adds(build_model(CNN3Conf(), 3, (32, 32), 10), (3, 32, 32)) == (
+        32 * 32 * 32 * 3 * 9 + 16 * 16 * 64 * 32 * 9 + 8 * 8 * 128 * 64 * 9 + 2048 * 512 + 512 * 10) == 11_375_616
+    # resnet width 4, 2 stages, 1x8x8: stem, two 3x3 convs at 8x8, stride-2 block (3x3 + 3x3 + 1x1) at 4x4
+    small = build_model({"name": "resnet", "width": 4, "depth": 1, "stages": 2}, 1, (8, 8), 10)
+    assert count_mult_adds(small, (1, 8, 8)) == (
+        64 * 4 * 1 * 9 + 2 * 64 * 4 * 4 * 9 + 16 * 8 * 4 * 9 + 16 * 8 * 8 * 9 + 16 * 8 * 4 + 8 * 10)
+
+
+def test_count_mult_adds_leaves_the_model_and_the_rng_alone() -> None:
+    model = build_model(CNN3Conf(), 1, (28, 28), 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    count_mult_adds(model, (1, 28, 28))
+    drawn = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(drawn, torch.rand(3))  # no random number drawn: the trainer's seeding holds
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # BatchNorm's running statistics untouched
 
 
 # --------------------------------------------------------------------------- resnet

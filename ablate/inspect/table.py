@@ -9,55 +9,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..data import dataset_shape
-from ..models import build_model, count_parameters
-
-
-def _mult_adds(module: nn.Module, out: Tensor) -> int:
-    """Multiply-adds of one call (bias adds not counted): Conv2d and Linear only."""
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return out.numel() * (module.in_channels // module.groups) * kh * kw
-    if isinstance(module, nn.Linear):
-        return out.numel() * module.in_features
-    return 0
+from ..models import build_model, count_parameters, layer_calls
 
 
 def layer_table(model: nn.Module, input_shape: Sequence[int]) -> pd.DataFrame:
     """One row per leaf-module call on one input of ``input_shape`` (C, H, W), in execution order.
 
     Columns: ``layer`` (name), ``type``, ``output_shape`` (tuple, batch dimension dropped),
-    ``output`` (``6x28x28``), ``params``, ``trainable``, ``mult_adds``. Runs in eval mode
-    (a batch of one through BatchNorm1d) and restores the model's mode afterwards."""
-    rows: list[dict[str, Any]] = []
-    names = {m: n for n, m in model.named_modules()}
-
-    def hook(module: nn.Module, _inp: Any, out: Any) -> None:
-        shape = tuple(out.shape[1:]) if isinstance(out, Tensor) else ()
-        own = list(module.parameters(recurse=False))
-        rows.append(dict(layer=names[module], type=type(module).__name__, output_shape=shape,
-                         output="x".join(map(str, shape)) or "-", params=sum(p.numel() for p in own),
-                         trainable=sum(p.numel() for p in own if p.requires_grad),
-                         mult_adds=_mult_adds(module, out) if isinstance(out, Tensor) else 0))
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    was_training = model.training
-    p = next(model.parameters(), None)
-    x = torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu")
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return pd.DataFrame(rows, columns=["layer", "type", "output_shape", "output", "params", "trainable",
-                                      "mult_adds"])
+    ``output`` (``6x28x28``), ``params``, ``trainable``, ``mult_adds``; the counting is
+    :func:`ablate.models.layer_calls`', the same the trainer records in ``summary.json``."""
+    df = pd.DataFrame(layer_calls(model, input_shape),
+                      columns=["layer", "type", "output_shape", "params", "trainable", "mult_adds"])
+    df.insert(3, "output", ["x".join(map(str, s)) or "-" for s in df.output_shape])
+    return df
 
 
 def format_table(model: nn.Module, input_shape: Sequence[int], title: str = "") -> str:
