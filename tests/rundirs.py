@@ -41,6 +41,7 @@ def write_run(sweep: Path, overrides: Sequence[str] = (), test_acc: Sequence[flo
               status: str = "completed", error: str | None = None, summary: bool = True,
               train_loss: Sequence[float] | None = None, test_loss: Sequence[float | None] | None = None,
               lr: Sequence[float] | None = None, steps_per_epoch: int = 4, params: int = 1234,
+              mult_adds: int | None = None,
               epoch_seconds: float = 2.0, images_per_second: float = 1000.0, report: Mapping | None = None,
               name: str | None = None) -> Path:
     """One run directory under ``sweep``; ``test_acc[i]`` is epoch i+1's test accuracy (None: not evaluated).
@@ -93,7 +94,7 @@ def write_run(sweep: Path, overrides: Sequence[str] = (), test_acc: Sequence[flo
         rundir.atomic_write_json(run / rundir.SUMMARY_JSON, {
             "status": status, "error": error, "traceback": f"Traceback ...\n{error}" if error else None,
             "overrides": overrides, "choices": choices, "config": config, "config_hash": "0" * 16,
-            "params": params, "epochs_planned": planned, "epochs_done": n,
+            "params": params, "mult_adds": mult_adds, "epochs_planned": planned, "epochs_done": n,
             "final_test_acc": evals[-1][1] if evals else None, "best_test_acc": best, "best_epoch": best_epoch,
             "final_train_acc": train_acc[-1] if n else None, "seconds": epoch_seconds * n,
             "images_per_second": images_per_second if n else None, "device": "cpu", "torch_version": "x",

@@ -361,6 +361,52 @@ def test_best_and_worst_arm_and_their_representative_runs(tmp_path):
         one / "report" / "report.md").read_text()
 
 
+@pytest.mark.parametrize("n,confidence", [(3, 0.95), (5, 0.9)])
+def test_t_interval_covers_the_mean_at_its_stated_rate(n, confidence):
+    """Seeds as draws of normal noise around a true accuracy: the interval covers it at its stated rate."""
+    rng = np.random.default_rng(0)
+    trials = 4000
+    hits = 0
+    for _ in range(trials):
+        m, lo, hi = report.analysis.t_interval(rng.normal(0.9, 0.01, n), confidence)
+        hits += lo <= 0.9 <= hi
+    assert abs(hits / trials - confidence) < 4.5 * math.sqrt(confidence * (1 - confidence) / trials)
+    m, lo, hi = report.analysis.t_interval([0.80, 0.82, 0.84], 0.95)  # s = 0.02, t(2) = 4.303
+    assert (m, hi - m, m - lo) == pytest.approx((0.82, 4.3027 * 0.02 / math.sqrt(3), 4.3027 * 0.02 / math.sqrt(3)),
+                                                rel=1e-4)
+    assert math.isnan(report.analysis.t_interval([0.8], 0.95)[1])  # one seed: no spread to size it from
+    assert math.isnan(report.analysis.t_interval([0.8, 0.8], 0.95)[1])
+
+
+def test_structure_sweep_shows_parameters_multiply_adds_and_the_compute_figure(tmp_path):
+    sizes = {"base": (1_149_770, 11_375_616), "no_norm": (1_148_938, 11_375_616), "wide": (4_000_000, 40_000_000)}
+    sweep = tmp_path / "sweep"
+    rundirs.write_multirun(sweep, ["structure=base,no_norm,wide", "trainer.seed=0,1,2"])
+    for i, (lvl, (params, macs)) in enumerate(sizes.items()):
+        for seed in range(3):
+            rundirs.write_run(sweep, [f"structure={lvl}", f"trainer.seed={seed}"],
+                              rundirs.curve(0.8 + 0.01 * i + 0.003 * seed), params=params, mult_adds=macs)
+    rep = report.build([sweep])
+    df = _table(rep, "table-factor-structure").set_index("structure")
+    assert df.loc["base", "params"] == "1,149,770" and df.loc["no_norm", "params"] == "1,148,938"
+    assert df.loc["no_norm", "M mult-adds / image"] == "11.4" and df.loc["wide", "M mult-adds / image"] == "40"
+    assert "accuracy_vs_compute.png" in [name for name, _, _ in rep.figures]
+    report.write(rep, sweep / "report")
+    rows = pd.read_csv(sweep / "report" / "summary.csv")
+    assert sorted(set(rows["mult_adds"])) == [11_375_616, 40_000_000]
+    assert "M mult-adds / image" in (sweep / "report" / "report.md").read_text()
+    # Arms of one size (a scheduler sweep) get no compute figure; pooled tables show the range they span.
+    same = rundirs.sweep(tmp_path / "same", FINALS)
+    assert "accuracy_vs_compute.png" not in [name for name, _, _ in report.build([same]).figures]
+    grid = tmp_path / "grid"
+    rundirs.write_multirun(grid, ["model=a,b", "scheduler=x,y"])
+    for m, (params, macs) in (("a", (10, 2_000_000)), ("b", (20, 3_000_000))):
+        for sch in ("x", "y"):
+            rundirs.write_run(grid, [f"model={m}", f"scheduler={sch}"], params=params, mult_adds=macs)
+    pooled = _table(report.build([grid], plots=False), "table-factor-scheduler").set_index("scheduler")
+    assert pooled.loc["x", "params"] == "10–20" and pooled.loc["x", "M mult-adds / image"] == "2–3"
+
+
 def test_report_stays_import_light():
     code = ("import sys, ablate.report; "
             "print(sorted(m for m in ('torch', 'matplotlib', 'ablate.inspect') if m in sys.modules))")
@@ -399,7 +445,8 @@ def test_report_shows_best_and_worst_arm_side_by_side(real_sweep):
     assert page.index("id='panel-best'") < page.index("id='panel-worst'") < page.index("id='runs'")
     p = _Refs()
     p.feed(page)
-    assert len(p.imgs) == 5 + 4 and all(s.startswith("data:image/png;base64,") for s in p.imgs)
+    # 6 figures (lenet and simple_cnn differ in size: accuracy against compute too) and 4 panels
+    assert len(p.imgs) == 6 + 4 and all(s.startswith("data:image/png;base64,") for s in p.imgs)
     for name in ("best_confusion.png", "best_gradcam.png", "worst_confusion.png", "worst_gradcam.png"):
         assert base64.b64encode((out / name).read_bytes()).decode() in page
     assert p.tables == ["table-factor-model", "table-flags", "table-runs"]
@@ -426,7 +473,7 @@ def test_panels_are_skipped_with_one_line_never_a_traceback(real_sweep, tmp_path
     assert _panel_files(out) == [f for f in PANEL_FILES if f.startswith("worst_")]
     line = "No panel: none of its finished runs has a model.pt to reload."
     assert line in page and line in (out / "report.md").read_text()
-    assert "Traceback" not in page and page.count("<img") == 5 + 2
+    assert "Traceback" not in page and page.count("<img") == 6 + 2
     # The worst arm's data set is not on this machine: one line naming it; nothing is downloaded.
     cfg_path = worst_run.path / ".hydra" / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -434,7 +481,7 @@ def test_panels_are_skipped_with_one_line_never_a_traceback(real_sweep, tmp_path
     cfg["data"] = {"root": str(tmp_path / "no-data"), "download": True}
     cfg_path.write_text(yaml.safe_dump(cfg))
     page = report.make_report([sweep]).read_text()
-    assert _panel_files(out) == [] and page.count("<img") == 5
+    assert _panel_files(out) == [] and page.count("<img") == 6
     md = (out / "report.md").read_text()
     skip = next(x for x in md.splitlines() if x.startswith("- **Worst arm:"))
     assert "No panel: its data set is not available on this machine: mnist: not found in" in skip

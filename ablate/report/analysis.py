@@ -127,10 +127,31 @@ def mean_of(vals: Sequence[float | None]) -> float:
     return float(np.mean(v)) if v else math.nan
 
 
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``values`` (one per seed) and its Student t interval, mean ± t(n - 1) · s / √n.
+
+    NaN bounds with fewer than two values or no spread: there is no noise to size it from."""
+    from scipy.stats import t  # here, not at import: the report package stays light
+
+    v = np.asarray(values, dtype=float)
+    m = float(v.mean()) if v.size else math.nan
+    se = float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else 0.0
+    if not se > 0:
+        return m, math.nan, math.nan
+    lo, hi = t.interval(confidence, v.size - 1, loc=m, scale=se)
+    return m, float(lo), float(hi)
+
+
+def model_size(runs: Sequence[Run]) -> dict[str, list[int]]:
+    """Distinct parameter counts and multiply-adds per image of ``runs`` (one each when they share a model)."""
+    return {k: sorted({int(getattr(r, k)) for r in runs if getattr(r, k) is not None})
+            for k in ("params", "mult_adds")}
+
+
 def _group_stats(runs: Sequence[Run], expected: int) -> dict[str, Any]:
     ok = [r for r in runs if r.counted]
     m, s = stats.mean_std([r.final_test_acc for r in ok])
-    return dict(n=len(ok), expected=max(expected, len(runs)), mean=m, std=s,
+    return dict(n=len(ok), expected=max(expected, len(runs)), mean=m, std=s, **model_size(runs),
                 best=mean_of([r.best_test_acc for r in ok]), best_epoch=mean_of([r.best_epoch for r in ok]),
                 gap_final=mean_of([r.gap_final for r in ok]), gap_best=mean_of([r.gap_best for r in ok]),
                 seconds=mean_of([r.seconds for r in ok]), ips=mean_of([r.images_per_second for r in ok]),
@@ -140,6 +161,14 @@ def _group_stats(runs: Sequence[Run], expected: int) -> dict[str, Any]:
 def pct(x: float, digits: int = 2) -> str:
     """A fraction as a percentage with ``digits`` decimals; ``-`` for NaN."""
     return "-" if not math.isfinite(x) else f"{100 * x:.{digits}f}"
+
+
+def _span(values: Sequence[int], fmt: str) -> str:
+    """One count, or the range a pooled group spans; ``-`` when no run recorded it."""
+    if not values:
+        return "-"
+    lo, hi = format(values[0], fmt), format(values[-1], fmt)
+    return lo if lo == hi else f"{lo}–{hi}"
 
 
 def ranked_table(rows: dict[Any, dict[str, Any]], keys: Sequence[str]) -> pd.DataFrame:
@@ -154,6 +183,7 @@ def ranked_table(rows: dict[Any, dict[str, Any]], keys: Sequence[str]) -> pd.Dat
             pct(v["mean"]) + (f" ± {pct(v['std'])}" if math.isfinite(v["std"]) else " (1 seed)"))
         row.update({
             "rank": rank, "test acc % (mean ± std)": acc, "finished / expected": f"{v['n']} / {v['expected']}",
+            "params": _span(v["params"], ","), "M mult-adds / image": _span([x / 1e6 for x in v["mult_adds"]], ".3g"),
             "best acc %": pct(v["best"]),
             "best epoch": "-" if not math.isfinite(v["best_epoch"]) else f"{v['best_epoch']:.1f}",
             "gap final (pts)": pct(v["gap_final"], 1), "gap at best (pts)": pct(v["gap_best"], 1),

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .analysis import Report, mean_of, sort_levels
+from .analysis import Report, mean_of, model_size, sort_levels, t_interval
 from .runs import Run
 
 MAX_LINES = 10  # arms drawn per panel (the best by mean); more is unreadable
@@ -222,6 +222,37 @@ def train_loss_figure(rep: Report) -> bytes | None:
     return _png(fig) if drawn else None
 
 
+def compute_figure(rep: Report) -> bytes | None:
+    """Final test accuracy against multiply-adds per image (log x), one point per arm: the mean over
+    seeds with its Student t interval, each seed faintly, the arm's parameters in the legend; so a
+    bigger model and a better one can be told apart. Drawn only when the arms differ in size."""
+    sizes = {a: model_size(members) for a, members in rep.arms.items()}
+    known = {(tuple(v["params"]), tuple(v["mult_adds"])) for v in sizes.values() if len(v["mult_adds"]) == 1}
+    if len(known) < 2:
+        return None
+    panels = _panels(rep)
+    skip = rep.keys[1:2]
+    fig, axes = _grid(len(panels))
+    for ax, (title, arms) in zip(axes, panels):
+        at = [sizes[a]["mult_adds"][0] if len(sizes[a]["mult_adds"]) == 1 else None for a in arms]
+        for i, a in enumerate(arms):  # style by position in the panel, as in every other figure
+            accs = [100 * r.final_test_acc for r in rep.arms[a] if r.counted]
+            if at[i] is None or not accs:
+                continue
+            # Arms of equal compute side by side, 2% apart on the log axis, so their bars do not overlap.
+            x = at[i] * 1.02 ** (at[:i].count(at[i]) - (at.count(at[i]) - 1) / 2)
+            (m, lo, hi), st = t_interval(accs, rep.conf.confidence), _style(i)
+            size = f" ({sizes[a]['params'][0] / 1e6:.3g} M params)" if len(sizes[a]["params"]) == 1 else ""
+            ax.scatter([x] * len(accs), accs, color=st["color"], marker=st["marker"], s=12, alpha=0.3, linewidths=0)
+            ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]] if math.isfinite(lo) else None, fmt=st["marker"],
+                        color=st["color"], markersize=7, capsize=4, label=rep.short(a, skip) + size)
+        ax.set_xscale("log")
+        _finish(ax, title=title, xlabel="multiply-adds per image (log scale)", ylabel="final test accuracy (%)")
+    level = round(100 * rep.conf.confidence)
+    fig.suptitle(f"Accuracy against compute per arm (mean, {level}% t interval over seeds)", fontsize=11)
+    return _png(fig)
+
+
 def figures(rep: Report) -> list[tuple[str, str, bytes]]:
     """(file name, caption, PNG) of every figure there is something to draw for, in the report's order."""
     more = _more(rep)
@@ -234,5 +265,8 @@ def figures(rep: Report) -> list[tuple[str, str, bytes]]:
         ("lr.png", lr_figure, "Learning rate vs epoch per scheduler (per step where steps.csv has it)"),
         ("train_loss.png", train_loss_figure,
          f"Training loss per iteration (mean over seeds): raw faint, EMA {rep.conf.smoothing} on top{more}"),
+        ("accuracy_vs_compute.png", compute_figure,
+         f"Final test accuracy against multiply-adds per image (log scale), per arm: mean with a "
+         f"{round(100 * rep.conf.confidence)}% Student t interval over seeds, parameters in the legend{more}"),
     ]
     return [(name, caption, png) for name, draw, caption in made if (png := draw(rep)) is not None]

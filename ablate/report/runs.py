@@ -45,6 +45,7 @@ class Run:
     error: str | None = None
     traceback: str | None = None
     params: int | None = None
+    mult_adds: int | None = None  # per image, recorded at train time (runs before that have none)
     epochs_planned: int | None = None
     epochs_done: int = 0
     final_test_acc: float | None = None
@@ -156,6 +157,7 @@ def load_run(path: Path, sweep: Path, conf: ReportConf | None = None) -> Run:
     run = Run(path=path, sweep=sweep, overrides=overrides, choices=rundir.read_choices(path, summary),
               config=config, seed=seed, status=summary.get("status") or "no summary.json",
               error=summary.get("error"), traceback=summary.get("traceback"), params=summary.get("params"),
+              mult_adds=summary.get("mult_adds"),
               epochs_planned=int(planned) if planned else None)
     epochs, run.nonfinite_epoch = _read_epochs(path)
     run.epochs = epochs

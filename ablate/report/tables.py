@@ -13,7 +13,7 @@ import pandas as pd
 from .analysis import Report, pct
 from .panels import PANELS_INTRO, PANELS_TITLE, panel_lines
 
-SUMMARY_COLUMNS = ["status", "flags", "error", "params", "epochs_done", "epochs_planned", "final_test_acc",
+SUMMARY_COLUMNS = ["status", "flags", "error", "params", "mult_adds", "epochs_done", "epochs_planned", "final_test_acc",
                    "best_test_acc", "best_epoch", "final_train_acc", "gap_final", "gap_best", "seconds",
                    "images_per_second"]
 PERCENT_COLUMNS = ("final_test_acc", "best_test_acc", "final_train_acc", "gap_final", "gap_best")
@@ -34,7 +34,7 @@ def summary_frame(rep: Report) -> pd.DataFrame:
         row["error"] = r.error
         rows.append(row)
     df = pd.DataFrame(rows)
-    return df.astype({c: "Int64" for c in ("seed", "params", "epochs_done", "epochs_planned", "best_epoch")
+    return df.astype({c: "Int64" for c in ("seed", "params", "mult_adds", "epochs_done", "epochs_planned", "best_epoch")
                       if c in df})
 
 
