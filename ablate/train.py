@@ -122,6 +122,7 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
         step_fn = lambda batch: train_step(*batch)  # noqa: E731
         epoch_batches = batches.__iter__
     step = start_epoch * batches.steps
+    step_images = torch.tensor(batches.sizes, device=device, dtype=torch.float32)  # per step; the last may be ragged
     for epoch in range(start_epoch + 1, t.epochs + 1):
         model.train()
         lr = float(optimizer.param_groups[0]["lr"])
@@ -140,9 +141,9 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
                     diverged = True
                     break
                 log.info("epoch %d step %d/%d loss %.4f", epoch, i + 1, batches.steps, running)
-        n_steps, seen = len(lrs), sum(batches.sizes[:len(lrs)])  # a ragged last batch counts its own images
-        sizes = torch.tensor(batches.sizes[:n_steps], device=device, dtype=losses.dtype)
-        train_loss = (losses[:n_steps] * sizes).sum().item() / max(seen, 1)  # mean over images, not batches
+        n_steps = len(lrs)
+        seen = sum(batches.sizes[:n_steps])  # a ragged last batch counts its own images
+        train_loss = (losses[:n_steps] * step_images[:n_steps]).sum().item() / max(seen, 1)  # mean over images
         train_acc = correct.item() / max(seen, 1)
         train_seconds = time.perf_counter() - t0
         diverged = diverged or not math.isfinite(train_loss)
