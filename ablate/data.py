@@ -53,6 +53,19 @@ class TensorData:
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    val_x: Optional["torch.Tensor"] = None  # the held-out part of the training split (dataset.val_size);
+    val_y: Optional["torch.Tensor"] = None  # None without one: then nothing but the test split is evaluated
+    split_seed: int = 0  # what fixed subsets of the training split are drawn with (dataset.split_seed)
+
+    @property
+    def has_val(self) -> bool:
+        return self.val_x is not None and len(self.val_x) > 0
+
+    def train_subset(self, n: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """A fixed stratified subset of ``n`` training images (all when ``n`` exceeds them), the same for
+        every run of this data set whatever its seed: the clean pass that measures the generalisation gap."""
+        idx = stratified_sample(self.train_y.numpy(), min(n, len(self.train_y)), self.split_seed)
+        return self.train_x[idx], self.train_y[idx]
 
     @property
     def channels(self) -> int:
@@ -255,6 +268,41 @@ def _read_embedded(name: str, root: Path, download: bool) -> tuple:
 
 
 # --------------------------------------------------------------------------- public
+def stratified_sample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` items of ``y``: each class in proportion to its count (largest remainder;
+    every class at least once when ``n`` allows), drawn from a generator of its own ``seed``.
+
+    Each class's sample is the head of one fixed permutation of that class, so a larger ``n`` keeps
+    the items of a smaller one. Hand-written: scikit-learn's StratifiedShuffleSplit would be a new
+    dependency for ten lines, and it does not keep that nesting."""
+    require(0 <= n <= len(y), "sample size", n, f"must be in 0..{len(y)}")
+    classes, counts = np.unique(y, return_counts=True)
+    quota = n * counts / max(len(y), 1)
+    take = np.floor(quota).astype(np.int64)
+    if n >= len(classes):
+        take = np.maximum(take, 1)
+    short = n - int(take.sum())
+    if short > 0:  # largest remainders first (stable: ties go to the lower class id)
+        take[np.argsort(take - quota, kind="stable")[:short]] += 1
+    while take.sum() > n:  # the at-least-once rule overshot: give back from the largest classes
+        take[np.argmax(take)] -= 1
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
+
+
+def _hold_out(x: np.ndarray, y: np.ndarray, c: DatasetConf) -> tuple[np.ndarray, ...]:
+    """(train_x, train_y, val_x, val_y): a stratified ``dataset.val_size`` share of the training split held
+    out, drawn with ``dataset.split_seed`` (never the run's seed), so every run of a sweep sees the same split."""
+    held = stratified_sample(y, int(round(c.val_size * len(y))), c.split_seed)
+    keep = np.ones(len(y), dtype=bool)
+    keep[held] = False
+    lost = np.setdiff1d(np.unique(y), y[keep])
+    require(not len(lost), "dataset.val_size", c.val_size,
+            f"leaves class(es) {lost.tolist()} with no training image; lower it")
+    return x[keep], y[keep], x[held], y[held]
+
+
 def _subset(x: np.ndarray, y: np.ndarray, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     keep = np.isin(y, classes)
     remap = np.full(int(max(y.max(), max(classes))) + 1, -1, dtype=np.int64)
@@ -303,13 +351,14 @@ def load_dataset(cfg: Any, data: Any) -> TensorData:
         tx, ty = _subset(tx, ty, list(c.classes))
         vx, vy = _subset(vx, vy, list(c.classes))
         names = [names[k] for k in c.classes]
-    if c.mean is None:
+    if c.mean is None:  # of the whole training split, as published constants are: the same for any val_size
         mean, std = _stats(c.name, c.classes, tx, root)
     else:
         mean, std = list(c.mean), list(c.std)
     require(len(mean) == tx.shape[1], "dataset.mean", mean, f"needs one value per channel ({tx.shape[1]})")
+    tx, ty, hx, hy = _hold_out(tx, ty, c)
     import torch
 
     t = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))  # noqa: E731
     return TensorData(c.name, t(tx), t(ty), t(vx), t(vy), list(names), tuple(map(float, mean)),
-                      tuple(map(float, std)))
+                      tuple(map(float, std)), t(hx) if len(hy) else None, t(hy) if len(hy) else None, c.split_seed)

@@ -24,7 +24,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", "images_per_second"]
+# train_* are the running means of the epoch's training steps (train mode, augmented); train_eval_* the clean
+# pass over a fixed training subset; val_* the held-out split that chooses; test_* are reported only.
+EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                 "train_eval_loss", "train_eval_acc", "epoch_seconds", "images_per_second"]
 STEP_COLUMNS = ["step", "epoch", "lr", "loss"]
 
 EPOCHS_CSV = "epochs.csv"
@@ -32,6 +35,7 @@ STEPS_CSV = "steps.csv"
 SUMMARY_JSON = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
+BEST = "best.pt"  # the validation-best epoch's weights (trainer.save_best)
 REPORT_DIR = "report"  # a sweep's report, next to its run directories; never a run
 HYDRA_DIR = ".hydra"  # Hydra's record of the job: config.yaml, overrides.yaml, hydra.yaml
 MULTIRUN_YAML = "multirun.yaml"  # Hydra's record of a whole sweep, in the sweep directory
@@ -54,7 +58,7 @@ def _atomic(path: Path, write) -> None:
 def remove_stale_temps(run_dir: Path) -> list[Path]:
     """Delete temporary files a killed writer left in ``run_dir`` (the real files are untouched)."""
     gone = []
-    for name in (SUMMARY_JSON, CHECKPOINT, MODEL, EPOCHS_CSV, STEPS_CSV):
+    for name in (SUMMARY_JSON, CHECKPOINT, MODEL, BEST, EPOCHS_CSV, STEPS_CSV):
         for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
             gone.append(tmp)
@@ -310,5 +314,5 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
 
 def clear_results(run_dir: Path) -> None:
     """Remove a run's metrics, checkpoint and model: it starts again from epoch 1."""
-    for name in (EPOCHS_CSV, STEPS_CSV, CHECKPOINT, MODEL):
+    for name in (EPOCHS_CSV, STEPS_CSV, CHECKPOINT, MODEL, BEST):
         (Path(run_dir) / name).unlink(missing_ok=True)
