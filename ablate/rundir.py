@@ -5,6 +5,11 @@ into place (``os.replace`` is atomic on POSIX). CSV rows are appended one epoch
 at a time with a single ``write`` and an ``fsync``, so a killed process leaves
 whole rows only; a resume cuts the CSVs back to the last checkpointed epoch.
 
+A run directory has one writer: the process holding its lock (:class:`RunLock`,
+an exclusive ``flock`` on ``.lock``) for the whole job. The kernel drops the lock
+when that process dies, so a stale lock never blocks, and a reader can tell a
+live run from an interrupted one (:func:`shown_status`).
+
 Every reader of a run (the run entry, the trainer, the report, inspect, bench)
 goes through the functions here, so the layout is written down once. Nothing
 here imports torch until a checkpoint is written or read.
@@ -13,14 +18,17 @@ here imports torch until a checkpoint is written or read.
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import io
 import json
 import logging
 import math
 import os
-import shutil
-import tempfile
+import socket
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +40,41 @@ STEPS_CSV = "steps.csv"
 SUMMARY_JSON = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
-HYDRA_DIR = ".hydra"  # Hydra's record of the job: config.yaml, overrides.yaml, hydra.yaml
+HYDRA_DIR = ".hydra"  # the job's record: config.yaml, overrides.yaml, hydra.yaml (written by the run entry)
+LOCK = ".lock"  # flock'ed by the run's one writer; holds "pid host" of the last holder
+RESULTS = (EPOCHS_CSV, STEPS_CSV, CHECKPOINT, MODEL)
+RECORD_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """The same error with the file named: torch and ``os.write`` report a full disk without a path."""
+    return OSError(e.errno, os.strerror(e.errno), str(path)) if e.errno else e
 
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp: its files are 0600; a run file gets the permissions the umask gives any new file.
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _named(e, path) from None
         raise
 
 
 def remove_stale_temps(run_dir: Path) -> list[Path]:
-    """Delete temporary files a killed writer left in ``run_dir`` (the real files are untouched)."""
+    """Delete temporary files a killed writer left in ``run_dir`` and its ``.hydra/`` (the real files are
+    untouched). Only the run's lock holder calls this: another writer's temp file is never in flight."""
     gone = []
-    for name in (SUMMARY_JSON, CHECKPOINT, MODEL, EPOCHS_CSV, STEPS_CSV):
-        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+    record = [(Path(run_dir) / HYDRA_DIR, n) for n in RECORD_FILES]
+    for where, name in [(Path(run_dir), n) for n in (SUMMARY_JSON, *RESULTS)] + record:
+        for tmp in where.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
             gone.append(tmp)
     return gone
@@ -78,10 +99,34 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(_finite(obj), indent=2, default=str) + "\n").encode())
 
 
+def write_summary_anyway(run_dir: Path, summary: Mapping[str, Any]) -> None:
+    """``summary.json`` for a run that ends (failed), even on a full disk: atomically when there is room,
+    else rewritten in place without the traceback (the old record's blocks are reused), so a run whose
+    disk filled up is recorded ``failed`` rather than left ``running``."""
+    path = Path(run_dir) / SUMMARY_JSON
+    try:
+        return atomic_write_json(path, summary)
+    except OSError as e:
+        if e.errno != errno.ENOSPC or not path.exists():
+            raise
+    data = (json.dumps(_finite({**summary, "traceback": None}), default=str) + "\n").encode()
+    try:
+        with open(path, "r+b") as f:
+            f.write(data)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise _named(e, path) from None
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Serialised in memory first, so a full disk is an ``OSError`` naming the file, not a torch message."""
     import torch
 
-    _atomic(path, lambda f: torch.save(obj, f))
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 def read_json(path: Path) -> dict | None:
@@ -110,14 +155,20 @@ def _fmt(v: Any) -> Any:
 
 
 def append_rows(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    """Append whole rows in one write (with the header if the file is new), then fsync."""
+    """Append whole rows (with the header if the file is new), then fsync; on a failed write
+    (a full disk) the file is cut back to what it held, so it keeps whole rows only."""
     path = Path(path)
-    new = not path.exists() or path.stat().st_size == 0
-    data = _csv_text(columns, rows, header=new).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        data = memoryview(_csv_text(columns, rows, header=size == 0).encode())
+        try:
+            while data:  # a write can be short when the disk fills; the next one then raises
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, size)
+            raise _named(e, path) from None
     finally:
         os.close(fd)
 
@@ -207,29 +258,208 @@ def epochs_text(run_dir: Path) -> str | None:
     return text if text.count("\n") >= 2 else None
 
 
-# --------------------------------------------------------------------------- claiming a run
-def claim(run_dir: Path, h: str) -> tuple[Path, dict | None]:
-    """The directory this config's results belong in, and its earlier summary if any.
+# --------------------------------------------------------------------------- one writer per run
+class RunLocked(RuntimeError):
+    """Another live process holds the run directory; the message is one line naming it and that process."""
 
-    A directory holding results of a *different* config (the YAML changed since)
-    is left alone: this run gets a sibling named with its config hash, and the
-    old directory gets back the config record Hydra just overwrote."""
+
+# A report's liveness probe (:func:`lock_held`) holds the lock for microseconds; a run holds it for its
+# whole life. Retrying this long tells the two apart.
+LOCK_PATIENCE_S = 0.5
+LOCK_RETRY_S = 0.05
+
+
+class RunLock:
+    """The exclusive ``flock`` on ``run_dir/.lock``, taken before anything in the run is modified and
+    held until :meth:`release` or the process ends (the kernel drops it then: no stale lock blocks).
+
+    The lock file itself is never deleted: unlinking a lock file lets two processes lock two inodes."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = time.monotonic() + LOCK_PATIENCE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(LOCK_RETRY_S)
+                    continue
+                pid, host, *_ = os.pread(fd, 200, 0).decode(errors="replace").split() + ["?", "?"]
+                os.close(fd)
+                raise RunLocked(f"{Path(run_dir).name}: running in another process, pid {pid} on {host}; "
+                                "skipping") from None
+            except OSError as e:  # e.g. Lustre mounted without -o flock: ENOSYS
+                if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                logging.getLogger("ablate").warning("%s: this filesystem has no flock (%s); nothing stops a "
+                                                    "second launcher writing this run", run_dir, e.strerror)
+                break
+        me = f"{os.getpid()} {socket.gethostname()}\n".encode()
+        try:
+            os.pwrite(fd, me, 0)
+            os.ftruncate(fd, len(me))
+        except OSError:  # a full disk: the lock holds all the same, only the note of its owner is missing
+            pass
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def lock_held(run_dir: Path) -> bool | None:
+    """Whether a live process holds the run's lock; None when it cannot be told (no lock file, or a
+    filesystem without ``flock``). Probed with a shared lock, released at once."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def now() -> str:
+    """A heartbeat: the current time, ISO 8601 in UTC."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def owner() -> dict[str, Any]:
+    """Who writes a run, for ``summary.json``: pid and host (the heartbeat is added per epoch)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": now()}
+
+
+# A run on another host, whose lock cannot be probed from here, counts as alive while its last heartbeat
+# (one per finished epoch) is younger than this many of its own mean epochs, and at least the floor
+# (before its first epoch there is no epoch time to go by).
+HEARTBEAT_EPOCHS = 3.0
+HEARTBEAT_FLOOR_S = 600.0
+
+
+def is_alive(run_dir: Path, summary: Mapping[str, Any]) -> bool:
+    """Whether the process writing a ``running`` run still runs.
+
+    On this host its lock says so (a dead process holds no flock); for a run written
+    before locks existed, its pid. On another host: its heartbeat is recent."""
+    host, pid = summary.get("host"), summary.get("pid")
+    if host in (None, socket.gethostname()):
+        held = lock_held(run_dir)
+        if held is not None:
+            return held
+        return isinstance(pid, int) and _pid_alive(pid)
+    try:
+        beat = datetime.fromisoformat(str(summary.get("heartbeat"))).timestamp()
+        done, seconds = int(summary.get("epochs_done") or 0), float(summary.get("seconds") or 0.0)
+    except (TypeError, ValueError):
+        return False
+    grace = max(HEARTBEAT_EPOCHS * seconds / done if done else 0.0, HEARTBEAT_FLOOR_S)
+    return time.time() - beat < grace
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def shown_status(run_dir: Path, summary: Mapping[str, Any] | None) -> str | None:
+    """A run's status as a reader should show it: ``running`` only while its writer lives, else
+    ``interrupted`` (killed, or its machine lost); other statuses as recorded."""
+    status = summary.get("status") if summary else None
+    if status == "running" and not is_alive(run_dir, summary):
+        return "interrupted"
+    return status if isinstance(status, str) else None
+
+
+# --------------------------------------------------------------------------- claiming a run
+def has_results(run_dir: Path) -> bool:
+    return any((Path(run_dir) / n).exists() for n in RESULTS)
+
+
+def checkpoint_hash(run_dir: Path) -> str | None:
+    """The config hash the checkpoint records; None when there is none or it cannot be read."""
+    try:
+        state = load_checkpoint(run_dir)
+    except CheckpointError:
+        return None
+    h = state.get("config_hash") if state else None
+    return h if isinstance(h, str) else None
+
+
+def placement(run_dir: Path, h: str) -> tuple[Path, dict | None]:
+    """Where results of config ``h`` belong, and the summary found there; reads only.
+
+    ``run_dir`` itself when its results are known to be this config's (by their
+    summary, else their checkpoint) or when it holds none; otherwise (another
+    config's results, or results whose config cannot be told: a damaged summary)
+    the sibling ``run_dir~<hash8>``, so no run's files are ever deleted unless
+    they are known to be this run's."""
+    run_dir = Path(run_dir)
     prev = read_summary(run_dir)
-    if prev is None or prev.get("config_hash") == h:
+    known = prev.get("config_hash") if prev else None
+    if known is None and has_results(run_dir):
+        known = checkpoint_hash(run_dir)
+    if known == h or (known is None and not has_results(run_dir)):
         return run_dir, prev
     new = run_dir.with_name(f"{run_dir.name}~{h[:8]}")
-    new.mkdir(parents=True, exist_ok=True)
-    hyd = run_dir / HYDRA_DIR
-    if hyd.is_dir():
-        shutil.copytree(hyd, new / HYDRA_DIR, dirs_exist_ok=True)
-        if prev.get("config") is not None:  # Hydra wrote this job's config over the old run's record
-            import yaml
-
-            atomic_write_bytes(hyd / "config.yaml", yaml.safe_dump(prev["config"], sort_keys=False).encode())
-            atomic_write_bytes(hyd / "overrides.yaml", yaml.safe_dump(prev.get("overrides") or []).encode())
-    logging.getLogger("ablate").warning("%s holds results of a different config; this run goes to %s", run_dir, new)
-    _move_log(run_dir, new)
     return new, read_summary(new)
+
+
+def claim(run_dir: Path, h: str) -> tuple[Path, dict | None, RunLock]:
+    """Lock the directory config ``h`` trains in (:func:`placement`); its earlier summary if any.
+
+    Raises :class:`RunLocked` when another live process holds it. The old
+    directory of a changed config is left exactly as it was."""
+    run_dir = Path(run_dir)
+    try:
+        lock: RunLock | None = RunLock(run_dir)
+        busy = None
+    except RunLocked as e:  # another process: this run's writer, unless it trains another config there
+        lock, busy = None, e
+    home, prev = placement(run_dir, h)
+    if home == run_dir:
+        if lock is None:
+            raise busy
+        return run_dir, prev, lock
+    if lock is not None:
+        lock.release()
+    home.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(home)
+    logging.getLogger("ablate").warning("%s holds results of a different or unknown config; this run goes to %s",
+                                        run_dir, home)
+    _move_log(run_dir, home)
+    return home, read_summary(home), lock
+
+
+def write_record(run_dir: Path, files: Mapping[str, str]) -> None:
+    """The job's ``.hydra/`` record (file name -> YAML text), each file written atomically.
+
+    Written by the run entry, not by Hydra, and only for a run it trains: a skipped
+    run keeps its own record, and a crash leaves each file whole or absent."""
+    hyd = Path(run_dir) / HYDRA_DIR
+    hyd.mkdir(exist_ok=True)
+    for name, text in files.items():
+        atomic_write_bytes(hyd / name, text.encode())
 
 
 def _move_log(old: Path, new: Path) -> None:
