@@ -7,7 +7,7 @@ the other jobs, the report and the exit status of a sweep are unaffected
 exits non-zero). Rerunning a sweep with ``hydra.sweep.dir=<old sweep>`` skips
 runs already completed with the same resolved config and resumes the others from
 their last checkpoint. Each run directory has one writer: a job meeting a run
-that another live process holds skips it (:class:`ablate.rundir.RunLock`).
+that another live process holds skips it (:class:`ablate.runlock.RunLock`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import rundir
+from . import rundir, runlock
 from .compose import validate  # importing it registers every group's schema before Hydra composes
 from .config import PRESET_GROUPS, RUN_GROUPS, ConfigError, config_hash
 from .data import DataError
@@ -65,7 +65,7 @@ def _dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str], h: str, multi
     elif prev.get("status") in ("completed", "diverged"):
         what = f"already {prev['status']}: would skip"
     else:
-        what = f"{rundir.shown_status(run_dir, prev)} after {prev.get('epochs_done') or 0} epoch(s): would resume"
+        what = f"{runlock.shown_status(run_dir, prev)} after {prev.get('epochs_done') or 0} epoch(s): would resume"
     print(f"{line}{run_dir} ({what})", flush=True)
     return 0.0
 
@@ -103,7 +103,7 @@ def run(cfg: DictConfig) -> float:
         return _dry_run(cfg, run_dir, overrides, h, multirun)
     try:
         run_dir, prev, lock = rundir.claim(run_dir, h)
-    except rundir.RunLocked as e:
+    except runlock.RunLocked as e:
         log.warning("%s", e)
         if not multirun:
             sys.exit(f"ablate: {e}")
@@ -127,7 +127,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, prev: dict | None, h: str, overr
 
     summary = {"status": "running", "overrides": overrides, "choices": choices,
                "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": h, "run_dir": str(run_dir),
-               **rundir.owner()}
+               **runlock.owner()}
     try:
         rundir.write_record(run_dir, record)
         summary = fit(cfg, run_dir, h, summary)
@@ -153,7 +153,7 @@ def _record_failure(run_dir: Path, summary: dict, e: Exception) -> None:
     """``status: failed`` over the last summary the trainer wrote (its epochs kept), even on a full disk;
     a record that cannot be written is logged, never raised: the sweep goes on."""
     last = rundir.read_summary(run_dir) or {}
-    record = {**summary, **(last if last.get("config_hash") == summary["config_hash"] else {}), **rundir.owner(),
+    record = {**summary, **(last if last.get("config_hash") == summary["config_hash"] else {}), **runlock.owner(),
               "status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
     try:
         rundir.write_summary_anyway(run_dir, record)

@@ -5,10 +5,8 @@ into place (``os.replace`` is atomic on POSIX). CSV rows are appended one epoch
 at a time with a single ``write`` and an ``fsync``, so a killed process leaves
 whole rows only; a resume cuts the CSVs back to the last checkpointed epoch.
 
-A run directory has one writer: the process holding its lock (:class:`RunLock`,
-an exclusive ``flock`` on ``.lock``) for the whole job. The kernel drops the lock
-when that process dies, so a stale lock never blocks, and a reader can tell a
-live run from an interrupted one (:func:`shown_status`).
+A run directory has one writer, the process holding its lock for the whole job
+(:mod:`ablate.runlock`): :func:`claim` takes it before anything is modified.
 
 Every reader of a run (the run entry, the trainer, the report, inspect, bench)
 goes through the functions here, so the layout is written down once. Nothing
@@ -19,18 +17,16 @@ from __future__ import annotations
 
 import csv
 import errno
-import fcntl
 import io
 import json
 import logging
 import math
 import os
-import socket
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .runlock import RunLock, RunLocked
 
 EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", "images_per_second"]
 STEP_COLUMNS = ["step", "epoch", "lr", "loss"]
@@ -40,8 +36,9 @@ STEPS_CSV = "steps.csv"
 SUMMARY_JSON = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
+REPORT_DIR = "report"  # a sweep's report, next to its run directories; never a run
 HYDRA_DIR = ".hydra"  # the job's record: config.yaml, overrides.yaml, hydra.yaml (written by the run entry)
-LOCK = ".lock"  # flock'ed by the run's one writer; holds "pid host" of the last holder
+MULTIRUN_YAML = "multirun.yaml"  # Hydra's record of a whole sweep, in the sweep directory
 RESULTS = (EPOCHS_CSV, STEPS_CSV, CHECKPOINT, MODEL)
 RECORD_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
@@ -209,6 +206,24 @@ def is_run_dir(path: Path) -> bool:
     return any((p / n).exists() for n in (SUMMARY_JSON, EPOCHS_CSV, HYDRA_DIR))
 
 
+def find_runs(root: Path) -> list[Path]:
+    """Run directories under ``root`` (itself included), sorted; a run directory's own subfolders,
+    ``report/`` and hidden folders are not searched."""
+    found = []
+    stack = [Path(root)]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(d.iterdir())
+        except OSError:
+            continue
+        if is_run_dir(d):
+            found.append(d)
+            continue
+        stack.extend(e for e in entries if e.is_dir() and e.name != REPORT_DIR and not e.name.startswith("."))
+    return sorted(found)
+
+
 def read_summary(run_dir: Path) -> dict | None:
     return read_json(Path(run_dir) / SUMMARY_JSON)
 
@@ -218,8 +233,13 @@ def read_config(run_dir: Path, summary: dict | None = None) -> dict:
     summary = read_summary(run_dir) if summary is None else summary
     cfg = summary.get("config") if summary else None
     if not isinstance(cfg, dict):
-        cfg = read_yaml(Path(run_dir) / HYDRA_DIR / "config.yaml")
+        cfg = read_yaml(hydra_config_path(run_dir))
     return cfg if isinstance(cfg, dict) else {}
+
+
+def hydra_config_path(run_dir: Path) -> Path:
+    """Hydra's record of the job's resolved config (what reloads a trained model)."""
+    return Path(run_dir) / HYDRA_DIR / "config.yaml"
 
 
 def read_overrides(run_dir: Path, summary: dict | None = None) -> list[str]:
@@ -247,10 +267,9 @@ def read_choices(run_dir: Path, summary: dict | None = None) -> dict[str, Any]:
     return dict(choices) if isinstance(choices, dict) else {}
 
 
-def epochs_text(run_dir: Path) -> str | None:
-    """``epochs.csv`` cut to whole rows, or None when it has no data row yet."""
+def _whole_rows(path: Path) -> str | None:
     try:
-        text = (Path(run_dir) / EPOCHS_CSV).read_text()
+        text = path.read_text()
     except OSError:
         return None
     if not text.endswith("\n"):  # a torn last line from a killed writer
@@ -258,137 +277,14 @@ def epochs_text(run_dir: Path) -> str | None:
     return text if text.count("\n") >= 2 else None
 
 
-# --------------------------------------------------------------------------- one writer per run
-class RunLocked(RuntimeError):
-    """Another live process holds the run directory; the message is one line naming it and that process."""
+def epochs_text(run_dir: Path) -> str | None:
+    """``epochs.csv`` cut to whole rows, or None when it has no data row yet."""
+    return _whole_rows(Path(run_dir) / EPOCHS_CSV)
 
 
-# A report's liveness probe (:func:`lock_held`) holds the lock for microseconds; a run holds it for its
-# whole life. Retrying this long tells the two apart.
-LOCK_PATIENCE_S = 0.5
-LOCK_RETRY_S = 0.05
-
-
-class RunLock:
-    """The exclusive ``flock`` on ``run_dir/.lock``, taken before anything in the run is modified and
-    held until :meth:`release` or the process ends (the kernel drops it then: no stale lock blocks).
-
-    The lock file itself is never deleted: unlinking a lock file lets two processes lock two inodes."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        deadline = time.monotonic() + LOCK_PATIENCE_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(LOCK_RETRY_S)
-                    continue
-                pid, host, *_ = os.pread(fd, 200, 0).decode(errors="replace").split() + ["?", "?"]
-                os.close(fd)
-                raise RunLocked(f"{Path(run_dir).name}: running in another process, pid {pid} on {host}; "
-                                "skipping") from None
-            except OSError as e:  # e.g. Lustre mounted without -o flock: ENOSYS
-                if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                logging.getLogger("ablate").warning("%s: this filesystem has no flock (%s); nothing stops a "
-                                                    "second launcher writing this run", run_dir, e.strerror)
-                break
-        me = f"{os.getpid()} {socket.gethostname()}\n".encode()
-        try:
-            os.pwrite(fd, me, 0)
-            os.ftruncate(fd, len(me))
-        except OSError:  # a full disk: the lock holds all the same, only the note of its owner is missing
-            pass
-        self.fd: int | None = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the flock
-            self.fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-def lock_held(run_dir: Path) -> bool | None:
-    """Whether a live process holds the run's lock; None when it cannot be told (no lock file, or a
-    filesystem without ``flock``). Probed with a shared lock, released at once."""
-    try:
-        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def now() -> str:
-    """A heartbeat: the current time, ISO 8601 in UTC."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def owner() -> dict[str, Any]:
-    """Who writes a run, for ``summary.json``: pid and host (the heartbeat is added per epoch)."""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": now()}
-
-
-# A run on another host, whose lock cannot be probed from here, counts as alive while its last heartbeat
-# (one per finished epoch) is younger than this many of its own mean epochs, and at least the floor
-# (before its first epoch there is no epoch time to go by).
-HEARTBEAT_EPOCHS = 3.0
-HEARTBEAT_FLOOR_S = 600.0
-
-
-def is_alive(run_dir: Path, summary: Mapping[str, Any]) -> bool:
-    """Whether the process writing a ``running`` run still runs.
-
-    On this host its lock says so (a dead process holds no flock); for a run written
-    before locks existed, its pid. On another host: its heartbeat is recent."""
-    host, pid = summary.get("host"), summary.get("pid")
-    if host in (None, socket.gethostname()):
-        held = lock_held(run_dir)
-        if held is not None:
-            return held
-        return isinstance(pid, int) and _pid_alive(pid)
-    try:
-        beat = datetime.fromisoformat(str(summary.get("heartbeat"))).timestamp()
-        done, seconds = int(summary.get("epochs_done") or 0), float(summary.get("seconds") or 0.0)
-    except (TypeError, ValueError):
-        return False
-    grace = max(HEARTBEAT_EPOCHS * seconds / done if done else 0.0, HEARTBEAT_FLOOR_S)
-    return time.time() - beat < grace
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def shown_status(run_dir: Path, summary: Mapping[str, Any] | None) -> str | None:
-    """A run's status as a reader should show it: ``running`` only while its writer lives, else
-    ``interrupted`` (killed, or its machine lost); other statuses as recorded."""
-    status = summary.get("status") if summary else None
-    if status == "running" and not is_alive(run_dir, summary):
-        return "interrupted"
-    return status if isinstance(status, str) else None
+def steps_text(run_dir: Path) -> str | None:
+    """``steps.csv`` cut to whole rows, or None when it has no data row yet."""
+    return _whole_rows(Path(run_dir) / STEPS_CSV)
 
 
 # --------------------------------------------------------------------------- claiming a run
@@ -428,7 +324,7 @@ def placement(run_dir: Path, h: str) -> tuple[Path, dict | None]:
 def claim(run_dir: Path, h: str) -> tuple[Path, dict | None, RunLock]:
     """Lock the directory config ``h`` trains in (:func:`placement`); its earlier summary if any.
 
-    Raises :class:`RunLocked` when another live process holds it. The old
+    Raises :class:`ablate.runlock.RunLocked` when another live process holds it. The old
     directory of a changed config is left exactly as it was."""
     run_dir = Path(run_dir)
     try:

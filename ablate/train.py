@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from . import cudagraph, rundir
+from . import cudagraph, rundir, runlock
 from .augment import normalize
 from .batches import make_batches
 from .compose import validate
@@ -107,7 +107,7 @@ def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dic
     cudagraph.lr_to_tensor(optimizer, device) if graphed else cudagraph.lr_to_float(optimizer)
     if start_epoch:
         log.info("resuming %s after epoch %d/%d", run_dir.name, start_epoch, t.epochs)
-    summary.update(_results(rows), seconds=seconds, threads=torch.get_num_threads(), heartbeat=rundir.now())
+    summary.update(_results(rows), seconds=seconds, threads=torch.get_num_threads(), heartbeat=runlock.now())
     rundir.atomic_write_json(run_dir / rundir.SUMMARY_JSON, summary)
 
     def train_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +179,7 @@ def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dic
                  epoch, t.epochs, lr, train_loss, 100 * train_acc,
                  "-" if test_loss is None else f"{test_loss:.4f}",
                  "-" if test_acc is None else f"{100 * test_acc:.2f}%", epoch_seconds, row["images_per_second"])
-        summary.update(_results(rows), seconds=seconds, heartbeat=rundir.now(),
+        summary.update(_results(rows), seconds=seconds, heartbeat=runlock.now(),
                        step_mode="cuda_graph" if graphed and not step_fn.eager else "eager")
         if diverged:
             summary.update(status="diverged", error=diverged)

@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import ROOT, make_cfg, run_cli
 
-from ablate import report, rundir
+from ablate import report, rundir, runlock
 from ablate.config import ConfigError
 from ablate.config import config_hash
 from ablate.rundir import CheckpointError
@@ -522,7 +522,7 @@ def test_a_skipped_or_locked_run_keeps_its_files_and_record(tmp_path):
     assert record() == rec
     # Held by another live process (here: this one): skipped with one line, nothing touched.
     line = f"{run.name}: running in another process, pid {os.getpid()} on {socket.gethostname()}; skipping"
-    with rundir.RunLock(run):
+    with runlock.RunLock(run):
         assert line in _ok(run_cli(cmd, cwd=tmp_path))
         single = run_cli([*cmd[1:], f"hydra.run.dir='{run}'"], cwd=tmp_path)  # without -m: a non-zero exit
         assert single.returncode == 1 and single.stderr.strip().splitlines()[-1] == f"ablate: {line}"
@@ -550,7 +550,7 @@ def test_a_dry_run_checks_what_a_launch_checks(tmp_path):
         "refused: ablate: trainer.batch_size=0 is invalid: must be > 0)",
         "refused: ablate: optimizer.lr=-1.0 is invalid: must be > 0)",
         "new)"]
-    assert not [p for p in sweep.rglob("*") if p.name in (rundir.HYDRA_DIR, rundir.LOCK, rundir.SUMMARY_JSON)]
+    assert not [p for p in sweep.rglob("*") if p.name in (rundir.HYDRA_DIR, runlock.LOCK, rundir.SUMMARY_JSON)]
 
 
 # --------------------------------------------------------------------------- overflow, threads, the command

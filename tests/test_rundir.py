@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import make_cfg
 
-from ablate import rundir
+from ablate import rundir, runlock
 from ablate.train import fit
 
 LENET = ["model=lenet", "trainer.epochs=1", "trainer.limit_batches=1", "trainer.batch_size=32",
@@ -35,46 +35,46 @@ def _run(path: Path, h: str, *extra: str) -> dict:
 
 # --------------------------------------------------------------------------- one writer per run
 def test_a_second_writer_is_refused_with_the_holders_pid_and_host(tmp_path):
-    with rundir.RunLock(tmp_path):
-        with pytest.raises(rundir.RunLocked) as e:
-            rundir.RunLock(tmp_path)
+    with runlock.RunLock(tmp_path):
+        with pytest.raises(runlock.RunLocked) as e:
+            runlock.RunLock(tmp_path)
         assert str(e.value) == (f"{tmp_path.name}: running in another process, pid {os.getpid()} on "
                                 f"{socket.gethostname()}; skipping")
-        assert rundir.lock_held(tmp_path) is True
-    assert rundir.lock_held(tmp_path) is False
-    rundir.RunLock(tmp_path).release()  # free again
+        assert runlock.lock_held(tmp_path) is True
+    assert runlock.lock_held(tmp_path) is False
+    runlock.RunLock(tmp_path).release()  # free again
 
 
 def test_the_lock_of_a_killed_process_never_blocks(tmp_path):
     """The kernel drops a flock with its process: the lock file stays, with the dead owner's note."""
     code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
             "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'4242 elsewhere'); os.kill(os.getpid(), 9)")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / rundir.LOCK)])
-    assert proc.returncode == -9 and "4242" in (tmp_path / rundir.LOCK).read_text()
-    assert rundir.lock_held(tmp_path) is False
-    with rundir.RunLock(tmp_path):
-        assert (tmp_path / rundir.LOCK).read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / runlock.LOCK)])
+    assert proc.returncode == -9 and "4242" in (tmp_path / runlock.LOCK).read_text()
+    assert runlock.lock_held(tmp_path) is False
+    with runlock.RunLock(tmp_path):
+        assert (tmp_path / runlock.LOCK).read_text() == f"{os.getpid()} {socket.gethostname()}\n"
 
 
 def test_a_running_run_without_a_live_writer_is_shown_interrupted(tmp_path):
-    me = rundir.owner()
+    me = runlock.owner()
     s = {"status": "running", **me, "epochs_done": 2, "seconds": 20.0}
-    with rundir.RunLock(tmp_path):
-        assert rundir.shown_status(tmp_path, s) == "running"
-    assert rundir.shown_status(tmp_path, s) == "interrupted"  # same host, lock free: its process is gone
-    assert rundir.shown_status(tmp_path, {**s, "status": "completed"}) == "completed"
+    with runlock.RunLock(tmp_path):
+        assert runlock.shown_status(tmp_path, s) == "running"
+    assert runlock.shown_status(tmp_path, s) == "interrupted"  # same host, lock free: its process is gone
+    assert runlock.shown_status(tmp_path, {**s, "status": "completed"}) == "completed"
     # No lock file (written before locks existed): its pid decides.
     other = tmp_path / "old"
     other.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    assert rundir.shown_status(other, s) == "running"  # this process's pid
-    assert rundir.shown_status(other, {**s, "pid": int(dead.stdout)}) == "interrupted"
-    assert rundir.shown_status(other, {"status": "running"}) == "interrupted"  # nobody recorded
+    assert runlock.shown_status(other, s) == "running"  # this process's pid
+    assert runlock.shown_status(other, {**s, "pid": int(dead.stdout)}) == "interrupted"
+    assert runlock.shown_status(other, {"status": "running"}) == "interrupted"  # nobody recorded
     # Another host: its heartbeat, against its own epoch time (10 s here).
     ago = lambda s_: (datetime.now(timezone.utc) - timedelta(seconds=s_)).isoformat()  # noqa: E731
     remote = {**s, "host": "elsewhere"}
-    assert rundir.shown_status(tmp_path, {**remote, "heartbeat": ago(5)}) == "running"
-    assert rundir.shown_status(tmp_path, {**remote, "heartbeat": ago(3 * 3600)}) == "interrupted"
+    assert runlock.shown_status(tmp_path, {**remote, "heartbeat": ago(5)}) == "running"
+    assert runlock.shown_status(tmp_path, {**remote, "heartbeat": ago(3 * 3600)}) == "interrupted"
 
 
 # --------------------------------------------------------------------------- identity before deletion
@@ -93,8 +93,8 @@ def test_results_of_an_unknown_config_are_never_deleted(tmp_path, damage):
     home, prev, lock = rundir.claim(run, "B" * 16)  # a changed config
     lock.release()
     assert home == tmp_path / f"scheduler=step~{'B' * 8}" and prev is None
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != rundir.LOCK} == \
-        {k: v for k, v in before.items() if k != rundir.LOCK}
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != runlock.LOCK} == \
+        {k: v for k, v in before.items() if k != runlock.LOCK}
     home, prev, lock = rundir.claim(run, "A" * 16)  # the same config: its own results, resumed in place
     lock.release()
     assert home == run and prev is None
@@ -116,12 +116,12 @@ def test_run_files_get_the_permissions_the_umask_gives(tmp_path, umask):
     try:
         _run(tmp_path / "run", "h")
         rundir.write_record(tmp_path / "run", {"config.yaml": "a: 1\n"})
-        with rundir.RunLock(tmp_path / "run"):
+        with runlock.RunLock(tmp_path / "run"):
             pass
     finally:
         os.umask(old)
     files = [rundir.SUMMARY_JSON, rundir.CHECKPOINT, rundir.MODEL, rundir.EPOCHS_CSV, rundir.STEPS_CSV,
-             rundir.LOCK, f"{rundir.HYDRA_DIR}/config.yaml"]
+             runlock.LOCK, f"{rundir.HYDRA_DIR}/config.yaml"]
     modes = {n: oct((tmp_path / "run" / n).stat().st_mode & 0o777) for n in files}
     assert modes == {n: oct(0o666 & ~umask) for n in files}
 
