@@ -195,7 +195,8 @@ def test_five_random_kills_then_resume_lose_nothing(tmp_path, reference):
                 assert p.read_text().endswith("\n") and len(rows) == p.read_text().count("\n") - 1
             if s["status"] == "completed" and name not in completed:
                 completed[name] = _fingerprint(run)
-        report.load_runs([sweep])  # the report reads the sweep at any instant
+        # The report reads the sweep at any instant, and shows no run of the killed sweep as running.
+        assert "running" not in {r.status for r in report.load_runs([sweep])}
     assert kills >= 4, f"only {kills} kill(s) landed before the sweep ended"
 
     _ok(run_cli(_args(sweep, *SEEDS), cwd=tmp_path))
@@ -235,7 +236,7 @@ def test_crash_between_temp_write_and_rename_leaves_a_readable_run(tmp_path, ref
     assert summary["status"] == "running" and summary["epochs_done"] == 2
     assert pd.read_csv(run / rundir.EPOCHS_CSV).epoch.tolist() == [1, 2, 3]  # epoch 3's row was appended
     (r,) = report.load_runs([sweep])  # the leftover temp file does not confuse the report
-    assert r.status == "running" and r.epochs_done == 3
+    assert r.status == "interrupted" and r.epochs_done == 3  # its process is gone: never shown running
 
     _ok(run_cli([*args, NO_REPORT], cwd=tmp_path))
     assert not tmp.exists()
@@ -643,3 +644,90 @@ def test_a_full_disk_ends_the_sweep_with_a_report_and_no_run_left_running(tmp_pa
     assert single.stderr.strip().splitlines()[-1] == (
         f"ablate: single failed: OSError: [Errno 28] No space left on device: '{small_disk / 'single' / rundir.CHECKPOINT}'")
     assert rundir.read_json(small_disk / "single" / rundir.SUMMARY_JSON)["status"] == "failed"
+
+
+# --------------------------------------------------------------------------- the report
+_KILL_IN_REPORT = """
+import os, sys
+from ablate import report, rundir
+real = rundir.atomic_write_bytes
+def write(path, data):
+    if os.path.basename(path) == "report.md":
+        os._exit(137)  # killed with summary.csv and the curves of the new report written, the rest not
+    real(path, data)
+rundir.atomic_write_bytes = write
+report.make_report([sys.argv[1]])
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_report_leaves_the_previous_one_whole_and_its_leftovers_go(tmp_path):
+    import rundirs
+
+    sweep = rundirs.sweep(tmp_path / "s", {"step": [0.8, 0.81], "cosine": [0.82, 0.83]})
+    out = report.make_report([sweep]).parent
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rundirs.write_run(sweep, ["scheduler=plateau", "trainer.seed=0"], rundirs.curve(0.9))  # the sweep moves on
+    proc = subprocess.run([sys.executable, "-c", _KILL_IN_REPORT, str(sweep)], env=_env(), capture_output=True)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous report, whole
+    (left,) = sweep.glob(".report.*.tmp")  # the half-built one, hidden beside it
+    assert (left / "summary.csv").exists() and not (left / "index.html").exists()
+    assert len(report.load_runs([sweep])) == 5  # the leftover is no run
+
+    busy = sweep / ".report.0000beef.tmp"  # another report still building: left alone
+    busy.mkdir()
+    fd = os.open(busy, os.O_RDONLY)
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        report.make_report([sweep])
+    finally:
+        os.close(fd)
+    assert not left.exists() and busy.exists()
+    rows = pd.read_csv(out / "summary.csv")
+    assert len(rows) == 5 and "plateau" in (out / "index.html").read_text()  # one generation: both see 5 runs
+    assert "plateau" in (out / "report.md").read_text()
+
+
+def test_a_read_only_sweep_gets_one_line_not_a_traceback(tmp_path, capsys):
+    import rundirs
+
+    from ablate.report.cli import main as report_main
+
+    src = rundirs.sweep(tmp_path / "s", {"step": [0.8, 0.81], "cosine": [0.82, 0.83]})
+    sweep = tmp_path / "ro"
+    sweep.mkdir()
+    if os.geteuid() == 0:  # root writes through permissions: a read-only bind mount
+        if subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(sweep)], capture_output=True).returncode:
+            pytest.skip("cannot make a read-only bind mount here")
+    else:
+        sweep.rmdir()
+        sweep = src
+        os.chmod(sweep, 0o555)
+    try:
+        assert report_main([str(sweep), "--no-arm-panels"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"ablate.report: cannot write the report to {sweep / 'report'} (") and "\n" not in err
+        assert "give --out DIR" in err
+        assert report_main([str(sweep), "--no-arm-panels", "--out", str(tmp_path / "elsewhere")]) == 0
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(sweep)], check=False)
+        else:
+            os.chmod(sweep, 0o755)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_report_files_get_the_permissions_the_umask_gives(tmp_path, umask):
+    import rundirs
+
+    sweep = rundirs.sweep(tmp_path / "s", {"step": [0.8, 0.81], "cosine": [0.82, 0.83]})
+    old = os.umask(umask)
+    try:
+        out = report.make_report([sweep], arm_panels=False).parent
+    finally:
+        os.umask(old)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {oct(0o666 & ~umask)}
