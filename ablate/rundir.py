@@ -224,8 +224,25 @@ def find_runs(root: Path) -> list[Path]:
     return sorted(found)
 
 
+_NUMBER = (int, float)
+# What each field of summary.json holds; a field holding anything else (a hand-edited or foreign file) reads as
+# absent, so no reader meets a string where it counts epochs.
+SUMMARY_TYPES: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("status", "error", "traceback", "config_hash", "run_dir", "host", "heartbeat", "device",
+                     "step_mode"), str),
+    **dict.fromkeys(("config", "choices"), dict), "overrides": list,
+    **dict.fromkeys(("epochs_planned", "epochs_done", "best_epoch", "seed", "params", "pid", "threads"), int),
+    **dict.fromkeys(("final_test_acc", "final_test_loss", "best_test_acc", "final_train_acc", "final_train_loss",
+                     "images_per_second", "seconds"), _NUMBER),
+}
+
+
 def read_summary(run_dir: Path) -> dict | None:
-    return read_json(Path(run_dir) / SUMMARY_JSON)
+    """The run's summary; None when missing or not a JSON object. Fields of the wrong type read as absent."""
+    s = read_json(Path(run_dir) / SUMMARY_JSON)
+    if s is None:
+        return None
+    return {k: v for k, v in s.items() if v is None or k not in SUMMARY_TYPES or isinstance(v, SUMMARY_TYPES[k])}
 
 
 def read_config(run_dir: Path, summary: dict | None = None) -> dict:

@@ -102,6 +102,24 @@ def test_results_of_an_unknown_config_are_never_deleted(tmp_path, damage):
     assert rundir.placement(run, "A" * 16)[0] == tmp_path / f"scheduler=step~{'A' * 8}"
 
 
+def test_a_summary_that_is_no_object_or_holds_foreign_types_reads_as_missing(tmp_path):
+    """Every reader goes through read_summary: the report reads such runs from their epochs.csv."""
+    import rundirs
+
+    from ablate import report
+
+    sweep = rundirs.sweep(tmp_path / "s", {"a": [0.8, 0.81], "b": [0.7, 0.71]})
+    first, second = sorted(sweep.glob("scheduler=a,*"))
+    (first / rundir.SUMMARY_JSON).write_text("[1, 2]")
+    (second / rundir.SUMMARY_JSON).write_text(json.dumps(
+        {"status": 3, "config": "x", "overrides": "y", "epochs_planned": "many", "error": 5, "final_test_acc": "high",
+         "seed": 1}))
+    assert rundir.read_summary(first) is None and rundir.read_summary(second) == {"seed": 1}
+    rows = report.summary_frame(report.build([sweep], plots=False))
+    assert list(rows["status"]) == ["no summary.json", "no summary.json", "completed", "completed"]
+    assert list(rows["final_test_acc"]) == [0.8, 0.81, 0.7, 0.71]
+
+
 def test_a_dir_without_results_is_used_in_place(tmp_path):
     (tmp_path / "run.log").write_text("launched\n")
     home, prev, lock = rundir.claim(tmp_path, "C" * 16)
