@@ -358,8 +358,8 @@ def claim(run_dir: Path, h: str) -> tuple[Path, dict | None, RunLock]:
         lock.release()
     home.mkdir(parents=True, exist_ok=True)
     lock = RunLock(home)
-    logging.getLogger("ablate").warning("%s holds results of a different or unknown config; this run goes to %s",
-                                        run_dir, home)
+    logging.getLogger("ablate").warning("%s holds results of a different config (or of one its files cannot tell); "
+                                        "this run goes to %s", run_dir, home)
     _move_log(run_dir, home)
     return home, read_summary(home), lock
 
