@@ -9,7 +9,6 @@ torchvision is used only to download, and only when ``data.download=true``.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import importlib.resources
@@ -54,6 +53,19 @@ class TensorData:
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    val_x: Optional["torch.Tensor"] = None  # the held-out part of the training split (dataset.val_size);
+    val_y: Optional["torch.Tensor"] = None  # None without one: then nothing but the test split is evaluated
+    split_seed: int = 0  # what fixed subsets of the training split are drawn with (dataset.split_seed)
+
+    @property
+    def has_val(self) -> bool:
+        return self.val_x is not None and len(self.val_x) > 0
+
+    def train_subset(self, n: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """A fixed stratified subset of ``n`` training images (all when ``n`` exceeds them), the same for
+        every run of this data set whatever its seed: the clean pass that measures the generalisation gap."""
+        idx = stratified_sample(self.train_y.numpy(), min(n, len(self.train_y)), self.split_seed)
+        return self.train_x[idx], self.train_y[idx]
 
     @property
     def channels(self) -> int:
@@ -205,16 +217,12 @@ def _load_idx(name: str, folder: str, root: Path, download: bool, extra: tuple[P
     return (*_idx_split(directory, "train"), *_idx_split(directory, "test"))
 
 
-@functools.cache
-def _array_globals() -> dict[tuple[str, str], Any]:
-    try:
-        from numpy._core.multiarray import _reconstruct  # numpy >= 2
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-    # The official batches (Python 2, numpy 1) name it numpy.core; batches written by numpy 2, numpy._core.
-    return {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+_NP_CORE = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+# numpy's array reconstruction, named numpy.core in the official batches (Python 2, numpy 1), numpy._core when
+# written by numpy 2; nothing else is admitted.
+_ARRAY_GLOBALS = {**{(m, "_reconstruct"): _NP_CORE.multiarray._reconstruct
+                     for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+                  ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -223,7 +231,7 @@ class _CifarUnpickler(pickle.Unpickler):
     it is even imported."""
 
     def find_class(self, module: str, name: str) -> Any:
-        found = _array_globals().get((module, name))
+        found = _ARRAY_GLOBALS.get((module, name))
         if found is None:
             raise pickle.UnpicklingError(f"refused {module}.{name}: a CIFAR-10 batch holds only arrays and lists")
         return found
@@ -256,18 +264,15 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-
-
 def _find_cifar10(name: str, root: Path, download: bool) -> Optional[list[Path]]:
-    base = root / "cifar-10-batches-py"
-    missing = [n for n in CIFAR_BATCHES if not (base / n).is_file()]
+    base, names = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [n for n in names if not (base / n).is_file()]
     if missing and download:
         return None
     if missing:
         raise DataError(f"{name}: CIFAR-10 not found in {base} (missing {', '.join(missing)}); put the "
                         "python-version batches there (cifar-10-python.tar.gz, extracted), or set data.download=true")
-    return [base / n for n in CIFAR_BATCHES]
+    return [base / n for n in names]
 
 
 def _load_cifar10(name: str, root: Path, download: bool) -> tuple:
@@ -327,6 +332,41 @@ def _read_embedded(name: str, root: Path, download: bool) -> tuple:
 
 
 # --------------------------------------------------------------------------- public
+def stratified_sample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` items of ``y``: each class in proportion to its count (largest remainder;
+    every class at least once when ``n`` allows), drawn from a generator of its own ``seed``.
+
+    Each class's sample is the head of one fixed permutation of that class, so a larger ``n`` keeps
+    the items of a smaller one. Hand-written: scikit-learn's StratifiedShuffleSplit would be a new
+    dependency for ten lines, and it does not keep that nesting."""
+    require(0 <= n <= len(y), "sample size", n, f"must be in 0..{len(y)}")
+    classes, counts = np.unique(y, return_counts=True)
+    quota = n * counts / max(len(y), 1)
+    take = np.floor(quota).astype(np.int64)
+    if n >= len(classes):
+        take = np.maximum(take, 1)
+    short = n - int(take.sum())
+    if short > 0:  # largest remainders first (stable: ties go to the lower class id)
+        take[np.argsort(take - quota, kind="stable")[:short]] += 1
+    while take.sum() > n:  # the at-least-once rule overshot: give back from the largest classes
+        take[np.argmax(take)] -= 1
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
+
+
+def _hold_out(x: np.ndarray, y: np.ndarray, c: DatasetConf) -> tuple[np.ndarray, ...]:
+    """(train_x, train_y, val_x, val_y): a stratified ``dataset.val_size`` share of the training split held
+    out, drawn with ``dataset.split_seed`` (never the run's seed), so every run of a sweep sees the same split."""
+    held = stratified_sample(y, int(round(c.val_size * len(y))), c.split_seed)
+    keep = np.ones(len(y), dtype=bool)
+    keep[held] = False
+    lost = np.setdiff1d(np.unique(y), y[keep])
+    require(not len(lost), "dataset.val_size", c.val_size,
+            f"leaves class(es) {lost.tolist()} with no training image; lower it")
+    return x[keep], y[keep], x[held], y[held]
+
+
 def _subset(x: np.ndarray, y: np.ndarray, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     keep = np.isin(y, classes)
     remap = np.full(int(max(y.max(), max(classes))) + 1, -1, dtype=np.int64)
@@ -366,10 +406,8 @@ def _check_class_ids(c: DatasetConf, names: Sequence[str]) -> None:
 
 
 def check_dataset(cfg: Any, data: Any) -> None:
-    """The data set config fits its source (class ids) and its files are where the reader looks and can be
-    opened (or are to be downloaded); else a one-line ConfigError or the reader's DataError. Reads no data:
-    a launch and a dry run check this for every job; damage inside a file is the reader's one line when
-    the run loads it."""
+    """Class ids fit the source, and its files are where the reader looks and open (or are to be downloaded).
+    Reads no data (every launch and dry run checks this); damage inside a file is found when a run loads it."""
     c: DatasetConf = typed(cfg, DatasetConf)
     d: DataConf = typed(data, DataConf)
     src = source_of(c)
@@ -395,13 +433,14 @@ def load_dataset(cfg: Any, data: Any) -> TensorData:
         tx, ty = _subset(tx, ty, list(c.classes))
         vx, vy = _subset(vx, vy, list(c.classes))
         names = [names[k] for k in c.classes]
-    if c.mean is None:
+    if c.mean is None:  # of the whole training split, as published constants are: the same for any val_size
         mean, std = _stats(c.name, c.classes, tx, root)
     else:
         mean, std = list(c.mean), list(c.std)
     require(len(mean) == tx.shape[1], "dataset.mean", mean, f"needs one value per channel ({tx.shape[1]})")
+    tx, ty, hx, hy = _hold_out(tx, ty, c)
     import torch
 
     t = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))  # noqa: E731
     return TensorData(c.name, t(tx), t(ty), t(vx), t(vy), list(names), tuple(map(float, mean)),
-                      tuple(map(float, std)))
+                      tuple(map(float, std)), t(hx) if len(hy) else None, t(hy) if len(hy) else None, c.split_seed)

@@ -144,7 +144,9 @@ def build_optimizer(cfg: Any, params: Iterable, weight_decay: float = 0.0, **kw:
 class SchedulerConf:
     name: str = "none"
     interval: ClassVar[str] = "epoch"  # when the trainer calls .step(): "epoch" or "step"
-    metric: ClassVar[Optional[str]] = None  # an epoch metric .step() is given (e.g. "test_loss"), if any
+    # The epoch metric .step() is given, if any: a validation one ("val_loss"), since what a scheduler adapts to
+    # must not be what it is judged on; a run without a validation split gives it the test split's instead.
+    metric: ClassVar[Optional[str]] = None
 
     def check(self, trainer: TrainerConf) -> None:
         """Cross-field checks against the trainer's settings; one-line ConfigError."""
@@ -203,7 +205,7 @@ class CosineConf(SchedulerConf):
 @dataclass
 class PlateauConf(SchedulerConf):
     name: str = "plateau"
-    metric: ClassVar[Optional[str]] = "test_loss"
+    metric: ClassVar[Optional[str]] = "val_loss"
     mode: str = "min"
     factor: float = 0.5
     patience: int = 2

@@ -95,8 +95,16 @@ def _spread_over_gpus(cfg: DictConfig) -> None:
             cfg.trainer.device = f"cuda:{num % n}"
 
 
+def score(summary: dict, failure_value: float) -> float:
+    """What a run returns to a sweeper (Optuna's objective): its final validation accuracy, never a test
+    number, unless it has no validation split (``selection: test``, a tutorial's way); ``failure_value``
+    for a run that did not complete."""
+    acc = summary.get("final_val_acc" if summary.get("selection") == "val" else "final_test_acc")
+    return float(acc) if summary.get("status") == "completed" and acc is not None else float(failure_value)
+
+
 def run(cfg: DictConfig) -> float:
-    """Train (or skip, or resume) the run Hydra composed; return its final test accuracy."""
+    """Train (or skip, or resume) the run Hydra composed; return its :func:`score`."""
     run_dir, overrides, choices, multirun = _job_info()
     h = config_hash(cfg)
     if cfg.get("dry_run"):
@@ -117,8 +125,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, prev: dict | None, h: str, overr
     rundir.remove_stale_temps(run_dir)
     if prev is not None and prev.get("status") in ("completed", "diverged"):
         log.info("%s: already %s with this config; skipping", run_dir.name, prev["status"])
-        acc = prev.get("final_test_acc")
-        return float(acc) if prev["status"] == "completed" and acc is not None else float(cfg.trainer.failure_value)
+        return score(prev, cfg.trainer.failure_value)
     record = _record(cfg)
     _spread_over_gpus(cfg)
 
@@ -143,10 +150,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, prev: dict | None, h: str, overr
         return float(cfg.trainer.failure_value)
     finally:
         release()
-    if summary["status"] != "completed":
-        return float(cfg.trainer.failure_value)
-    acc = summary.get("final_test_acc")
-    return float(acc) if acc is not None else float(cfg.trainer.failure_value)
+    return score(summary, cfg.trainer.failure_value)
 
 
 def _record_failure(run_dir: Path, summary: dict, e: Exception) -> None:

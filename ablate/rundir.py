@@ -28,7 +28,10 @@ from typing import Any
 
 from .runlock import RunLock, RunLocked
 
-EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", "images_per_second"]
+# train_* are the running means of the epoch's training steps (train mode, augmented); train_eval_* the clean
+# pass over a fixed training subset; val_* the held-out split that chooses; test_* are reported only.
+EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                 "train_eval_loss", "train_eval_acc", "epoch_seconds", "images_per_second"]
 STEP_COLUMNS = ["step", "epoch", "lr", "loss"]
 
 EPOCHS_CSV = "epochs.csv"
@@ -36,10 +39,11 @@ STEPS_CSV = "steps.csv"
 SUMMARY_JSON = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
+BEST = "best.pt"  # the validation-best epoch's weights (trainer.save_best)
 REPORT_DIR = "report"  # a sweep's report, next to its run directories; never a run
 HYDRA_DIR = ".hydra"  # the job's record: config.yaml, overrides.yaml, hydra.yaml (written by the run entry)
 MULTIRUN_YAML = "multirun.yaml"  # Hydra's record of a whole sweep, in the sweep directory
-RESULTS = (EPOCHS_CSV, STEPS_CSV, CHECKPOINT, MODEL)
+RESULTS = (EPOCHS_CSV, STEPS_CSV, CHECKPOINT, MODEL, BEST)  # what clear_results deletes
 RECORD_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 
@@ -229,11 +233,12 @@ _NUMBER = (int, float)
 # absent, so no reader meets a string where it counts epochs.
 SUMMARY_TYPES: dict[str, type | tuple[type, ...]] = {
     **dict.fromkeys(("status", "error", "traceback", "config_hash", "run_dir", "host", "heartbeat", "device",
-                     "step_mode"), str),
+                     "step_mode", "selection", "scheduler_metric"), str),
     **dict.fromkeys(("config", "choices"), dict), "overrides": list,
     **dict.fromkeys(("epochs_planned", "epochs_done", "best_epoch", "seed", "params", "pid", "threads"), int),
     **dict.fromkeys(("final_test_acc", "final_test_loss", "best_test_acc", "final_train_acc", "final_train_loss",
-                     "images_per_second", "seconds"), _NUMBER),
+                     "final_val_acc", "final_val_loss", "best_val_acc", "test_acc_at_best", "final_train_eval_acc",
+                     "final_train_eval_loss", "images_per_second", "seconds"), _NUMBER),
 }
 
 
@@ -419,5 +424,5 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
 
 def clear_results(run_dir: Path) -> None:
     """Remove a run's metrics, checkpoint and model: it starts again from epoch 1."""
-    for name in (EPOCHS_CSV, STEPS_CSV, CHECKPOINT, MODEL):
+    for name in RESULTS:
         (Path(run_dir) / name).unlink(missing_ok=True)

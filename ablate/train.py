@@ -1,7 +1,12 @@
 """The trainer: one run, from a composed config to the files in its run directory.
 
 Config -> data + model + optimizer/scheduler -> :func:`fit` -> ``epochs.csv``,
-``steps.csv``, ``checkpoint.pt``, ``model.pt``, ``summary.json``.
+``steps.csv``, ``checkpoint.pt``, ``model.pt``, ``best.pt``, ``summary.json``.
+
+The validation split (``dataset.val_size``) chooses everything that is chosen:
+plateau's steps, the best epoch (``best.pt``) and the accuracy a run returns to a
+sweeper. The test split is evaluated for the report only; a run without a
+validation split (a tutorial's way) chooses on the test split and says so.
 
 Batches come from :mod:`ablate.batches` (by default the uint8 split resident on
 the device, augmented there in batches). Loss and accuracy accumulate on the
@@ -96,18 +101,28 @@ def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dic
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), reg.weight_decay,
                                 **speed_flags(cfg.optimizer, device, graphed))
     schedule = build_scheduler(cfg.scheduler, optimizer, t.epochs, batches.steps)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    splits = _eval_splits(data, t, device)
+    select = "val" if data.has_val else "test"
+    chooser = {f"val_{m}": f"{select}_{m}" for m in ("loss", "acc")}  # what chooses, under its validation name
+    keep_best = t.save_best and data.has_val
     step_model = torch.compile(model) if t.compile else model
 
     summary.update(status="running", error=None, traceback=None, config_hash=config_hash,
                    params=count_parameters(model), epochs_planned=t.epochs, device=str(device),
                    torch_version=torch.__version__, seed=t.seed, run_dir=str(run_dir))
-    rows, start_epoch, seconds = _resume(run_dir, config_hash, model, optimizer, schedule)
+    if schedule.metric is not None:
+        summary.update(scheduler_metric=chooser[schedule.metric])
+    if select == "test":
+        log.info("%s: no validation split (dataset.val_size=0): the test split chooses the best epoch and the "
+                 "accuracy returned%s, as the tutorial did", run_dir.name,
+                 f", and the scheduler steps on {chooser[schedule.metric]}" if schedule.metric else "")
+    rows, start_epoch, seconds, best_state = _resume(run_dir, config_hash, model, optimizer, schedule)
     # After the resume, whose load_state_dict puts back the lr the checkpoint had (float or tensor).
     cudagraph.lr_to_tensor(optimizer, device) if graphed else cudagraph.lr_to_float(optimizer)
     if start_epoch:
         log.info("resuming %s after epoch %d/%d", run_dir.name, start_epoch, t.epochs)
-    summary.update(_results(rows), seconds=seconds, threads=torch.get_num_threads(), heartbeat=runlock.now())
+    summary.update(_results(rows, select), seconds=seconds, threads=torch.get_num_threads(), heartbeat=runlock.now())
+    best_acc = summary["best_val_acc"] if summary["best_val_acc"] is not None else -math.inf
     rundir.atomic_write_json(run_dir / rundir.SUMMARY_JSON, summary)
 
     def train_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,15 +174,17 @@ def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dic
         train_seconds = time.perf_counter() - t0
         if not diverged and not math.isfinite(train_loss):
             diverged = f"non-finite training loss in epoch {epoch}"
-        test_loss = test_acc = None
-        if not diverged and (epoch % t.eval_every == 0 or epoch == t.epochs):
-            test_loss, test_acc = evaluate(model, test_x, test_y, data, t, device, amp, channels_last)
+        evaluated = not diverged and (epoch % t.eval_every == 0 or epoch == t.epochs)
+        metrics = {f"{name}_{m}": v for name, (x, y) in splits.items() if evaluated
+                   for m, v in zip(("loss", "acc"), evaluate(model, x, y, data, t, device, amp, channels_last))}
         if not diverged:
-            schedule.after_epoch({"test_loss": test_loss, "test_acc": test_acc})
+            schedule.after_epoch({k: metrics.get(v) for k, v in chooser.items()})
+        if keep_best and metrics.get("val_acc", -math.inf) > best_acc:  # the first of equal bests stays
+            best_acc, best_state = metrics["val_acc"], _save_best(model, run_dir)
         epoch_seconds = time.perf_counter() - t0
         seconds += epoch_seconds
-        row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
-                   test_acc=test_acc, epoch_seconds=epoch_seconds, images_per_second=seen / train_seconds)
+        row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, **metrics,
+                   epoch_seconds=epoch_seconds, images_per_second=seen / train_seconds)
         step_loss, step_lr = losses[:n_steps].tolist(), _host(lrs)
         rundir.append_rows(run_dir / rundir.STEPS_CSV, rundir.STEP_COLUMNS,
                            [dict(step=step + j + 1, epoch=epoch, lr=step_lr[j], loss=step_loss[j])
@@ -175,11 +192,9 @@ def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dic
         rundir.append_rows(run_dir / rundir.EPOCHS_CSV, rundir.EPOCH_COLUMNS, [row])
         step += n_steps
         rows.append(row)
-        log.info("epoch %d/%d lr %.3g | train loss %.4f acc %.2f%% | test loss %s acc %s | %.1f s, %.0f img/s",
-                 epoch, t.epochs, lr, train_loss, 100 * train_acc,
-                 "-" if test_loss is None else f"{test_loss:.4f}",
-                 "-" if test_acc is None else f"{100 * test_acc:.2f}%", epoch_seconds, row["images_per_second"])
-        summary.update(_results(rows), seconds=seconds, heartbeat=runlock.now(),
+        log.info("epoch %d/%d lr %.3g | train loss %.4f acc %.2f%% | %s | %.1f s, %.0f img/s", epoch, t.epochs, lr,
+                 train_loss, 100 * train_acc, _scores(metrics, splits), epoch_seconds, row["images_per_second"])
+        summary.update(_results(rows, select), seconds=seconds, heartbeat=runlock.now(),
                        step_mode="cuda_graph" if graphed and not step_fn.eager else "eager")
         if diverged:
             summary.update(status="diverged", error=diverged)
@@ -191,7 +206,7 @@ def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dic
                 "config_hash": config_hash, "epoch": epoch, "seconds": seconds,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
-                "rng": rng_state(), "threads": torch.get_num_threads()})
+                "rng": rng_state(), "best_model": best_state, "threads": torch.get_num_threads()})
         rundir.atomic_write_json(run_dir / rundir.SUMMARY_JSON, summary)
 
     rundir.atomic_torch_save(model.state_dict(), run_dir / rundir.MODEL)
@@ -220,34 +235,72 @@ def _host(values: list) -> list[float]:
     return values
 
 
-def _results(rows: list[dict]) -> dict:
-    """Final/best accuracies of the epochs so far (the numbers a summary reports)."""
+def _eval_splits(data: TensorData, t: TrainerConf, device: torch.device) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The splits scored at the end of an evaluated epoch, on the device once: validation (if held out),
+    test, and the fixed training subset of ``trainer.train_eval_size`` (if any), in the CSV's column order."""
+    splits = {"val": (data.val_x, data.val_y)} if data.has_val else {}
+    splits["test"] = (data.test_x, data.test_y)
+    if t.train_eval_size:
+        splits["train_eval"] = data.train_subset(t.train_eval_size)
+    return {name: (x.to(device), y.to(device)) for name, (x, y) in splits.items()}
+
+
+def _save_best(model: torch.nn.Module, run_dir: Path) -> dict[str, torch.Tensor]:
+    """Write the model's weights as ``best.pt``; returns them (a CPU copy, for the checkpoint)."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    rundir.atomic_torch_save(state, run_dir / rundir.BEST)
+    return state
+
+
+def _scores(metrics: dict[str, float], splits: dict) -> str:
+    """An epoch's evaluated splits for the log line."""
+    if not metrics:
+        return "not evaluated"
+    return " | ".join(f"{s} loss {metrics[f'{s}_loss']:.4f} acc {100 * metrics[f'{s}_acc']:.2f}%" for s in splits)
+
+
+def _results(rows: list[dict], select: str) -> dict:
+    """Final and best numbers of the epochs so far (what a summary reports).
+
+    The best epoch is the one with the highest ``<select>_acc`` (``val``; ``test`` in a run without a
+    validation split); ``test_acc_at_best`` is what that choice scores on test. ``best_test_acc``, the
+    highest test accuracy of any epoch, is chosen on test: for reference only."""
     def num(v: Any) -> float | None:
         return None if v in (None, "") else float(v)
 
-    evals = [(int(r["epoch"]), num(r["test_acc"])) for r in rows if num(r["test_acc"]) is not None]
-    best_epoch, best = max(evals, key=lambda e: e[1]) if evals else (None, None)
+    def final(col: str) -> float | None:  # the last evaluated epoch's
+        vals = [num(r.get(col)) for r in rows if num(r.get(col)) is not None]
+        return vals[-1] if vals else None
+
+    evals = [(int(r["epoch"]), num(r[f"{select}_acc"]), num(r["test_acc"]))
+             for r in rows if num(r.get(f"{select}_acc")) is not None]
+    best_epoch, best, test_at_best = max(evals, key=lambda e: e[1]) if evals else (None, None, None)
+    tests = [e[2] for e in evals if e[2] is not None]
     ips = [num(r["images_per_second"]) for r in rows if num(r["images_per_second"])]
     return dict(
-        epochs_done=len(rows),
-        final_test_acc=evals[-1][1] if evals else None,
-        final_test_loss=num(rows[-1]["test_loss"]) if rows else None,
-        best_test_acc=best, best_epoch=best_epoch,
+        epochs_done=len(rows), selection=select,
+        final_val_acc=final("val_acc"), final_val_loss=final("val_loss"),
+        best_val_acc=best if select == "val" else None, best_epoch=best_epoch, test_acc_at_best=test_at_best,
+        final_test_acc=final("test_acc"), final_test_loss=final("test_loss"),
+        best_test_acc=max(tests) if tests else None,
         final_train_acc=num(rows[-1]["train_acc"]) if rows else None,
         final_train_loss=num(rows[-1]["train_loss"]) if rows else None,
+        final_train_eval_acc=final("train_eval_acc"), final_train_eval_loss=final("train_eval_loss"),
         images_per_second=sum(ips) / len(ips) if ips else None,
     )
 
 
 def _resume(run_dir: Path, config_hash: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            schedule: Schedule) -> tuple[list[dict], int, float]:
+            schedule: Schedule) -> tuple[list[dict], int, float, Optional[dict]]:
     """Load the run's checkpoint if it matches this config; else start clean.
 
-    Returns the epoch rows kept, the epoch to continue after and the seconds spent."""
+    Returns the epoch rows kept, the epoch to continue after, the seconds spent and the weights of the
+    validation-best epoch so far (None if none is kept); ``best.pt`` is put back to those, since a
+    killed attempt may have written one of an epoch the resume cuts back."""
     state = rundir.load_checkpoint(run_dir)
     if state is None or state.get("config_hash") != config_hash:
         rundir.clear_results(run_dir)
-        return [], 0, 0.0
+        return [], 0, 0.0, None
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -262,4 +315,9 @@ def _resume(run_dir: Path, config_hash: str, model: torch.nn.Module, optimizer: 
                               "delete it to retrain this run from scratch") from None
     rows = rundir.truncate_rows(run_dir / rundir.EPOCHS_CSV, rundir.EPOCH_COLUMNS, epoch)
     rundir.truncate_rows(run_dir / rundir.STEPS_CSV, rundir.STEP_COLUMNS, epoch)
-    return rows, epoch, float(state.get("seconds", 0.0))
+    best = state.get("best_model")
+    if best is not None:
+        rundir.atomic_torch_save(best, run_dir / rundir.BEST)
+    else:
+        (run_dir / rundir.BEST).unlink(missing_ok=True)
+    return rows, epoch, float(state.get("seconds", 0.0)), best

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
 from ablate import data as D
-from ablate.data import DataError, load_dataset
+from ablate.config import ConfigError
+from ablate.data import DataError, load_dataset, stratified_sample
 from fakedata import make_cifar10, make_mnist_like, py2_pickle, write_idx
 
 
@@ -20,8 +22,18 @@ def no_debian(monkeypatch, tmp_path):
     monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
 
 
-def ds(name, source, classes=None, mean=None, std=None):
-    return dict(name=name, source=source, classes=classes, mean=mean, std=std)
+def ds(name, source, classes=None, mean=None, std=None, val_size=0.0, split_seed=0):
+    """A dataset config; no validation split unless asked, so the readers' tests see whole files."""
+    return dict(name=name, source=source, classes=classes, mean=mean, std=std, val_size=val_size,
+                split_seed=split_seed)
+
+
+def mini(tmp_path, **kw):
+    return load_dataset(ds("fashion_mnist_mini", "embedded", mean=[0.286], std=[0.353], **kw), dict(root=str(tmp_path)))
+
+
+def _images(x: torch.Tensor) -> Counter:
+    return Counter(bytes(img.numpy()) for img in x)
 
 
 def test_embedded_subset_is_real_balanced_and_offline(tmp_path):
@@ -207,7 +219,6 @@ def test_a_damaged_embedded_data_file_is_one_line(tmp_path, monkeypatch):
 
 def test_presence_is_checked_without_reading_the_data(tmp_path):
     from ablate.compose import validate
-    from ablate.config import ConfigError
     from conftest import make_cfg
 
     raw = make_mnist_like(tmp_path, "MNIST")
@@ -219,3 +230,62 @@ def test_presence_is_checked_without_reading_the_data(tmp_path):
         validate(cfg)
     with pytest.raises(ConfigError, match=r"dataset.classes=\[0, 12\] is invalid"):
         validate(make_cfg(["dataset=cifar2", "dataset.classes=[0,12]", f"data.root={tmp_path}"]))
+
+
+# --------------------------------------------------------------------------- the validation split
+def test_val_split_is_stratified_and_disjoint_from_training(tmp_path):
+    full, d = mini(tmp_path), mini(tmp_path, val_size=0.1)
+    assert d.has_val and not full.has_val and full.val_x is None
+    assert len(d.val_x) == 600 and len(d.train_x) == 5400
+    assert torch.bincount(d.val_y).tolist() == [60] * 10 and torch.bincount(d.train_y).tolist() == [540] * 10
+    # The two parts are the original training split, cut in two: no image in both, none lost.
+    assert _images(d.train_x) + _images(d.val_x) == _images(full.train_x)
+    assert not set(_images(d.val_x)) & set(_images(d.train_x))  # (the embedded images are all distinct)
+    pairs = {bytes(x.numpy()): int(y) for x, y in zip(full.train_x, full.train_y)}
+    assert all(pairs[bytes(x.numpy())] == int(y) for x, y in zip(d.val_x, d.val_y))  # labels travel with images
+    assert torch.equal(d.test_x, full.test_x)  # the test split is never touched
+
+
+def test_val_split_ignores_the_run_seed_and_follows_its_own(tmp_path):
+    def load(seed, **kw):  # a run seeds every global RNG before it loads its data
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        return mini(tmp_path, val_size=0.1, **kw)
+
+    a, b, c = load(0), load(1), load(1, split_seed=1)
+    assert torch.equal(a.val_x, b.val_x) and torch.equal(a.train_x, b.train_x)
+    assert torch.equal(a.train_subset(300)[0], b.train_subset(300)[0])  # the train_eval subset too
+    assert not torch.equal(a.val_x, c.val_x) and torch.bincount(c.val_y).tolist() == [60] * 10
+
+
+def test_val_size_changes_the_split_and_a_larger_one_keeps_the_smaller(tmp_path):
+    small, large = mini(tmp_path, val_size=0.1), mini(tmp_path, val_size=0.25)
+    assert len(large.val_x) == 1500 and torch.bincount(large.val_y).tolist() == [150] * 10
+    assert not _images(small.val_x) - _images(large.val_x)  # nested: raising val_size only adds images
+    assert len(mini(tmp_path, val_size=0.0).train_x) == 6000
+
+
+def test_val_split_of_a_class_subset_uses_the_new_labels(tmp_path):
+    make_cifar10(tmp_path, n_per_batch=40, n_test=20)
+    two = load_dataset(ds("cifar2", "cifar10", classes=[0, 2], val_size=0.2), dict(root=str(tmp_path)))
+    n = len(two.train_y) + len(two.val_y)
+    counts = torch.bincount(two.val_y, minlength=2).tolist()
+    assert sum(counts) == round(0.2 * n) and min(counts) >= 1 and set(two.val_y.tolist()) <= {0, 1}
+
+
+def test_stratified_sample_is_proportional_on_unbalanced_labels():
+    y = np.repeat(np.arange(4), [700, 200, 95, 5])  # shares 0.70, 0.20, 0.095, 0.005
+    for n in (10, 37, 100, 999):
+        idx = stratified_sample(y, n, seed=3)
+        counts = np.bincount(y[idx], minlength=4)
+        assert len(idx) == len(set(idx.tolist())) == n and counts.min() >= 1  # every class present
+        share = np.array([700, 200, 95, 5]) / 1000 * n
+        assert np.all(np.abs(counts - share) <= 1), (n, counts, share)  # proportional to within one image
+    assert np.array_equal(stratified_sample(y, 100, 3), stratified_sample(y, 100, 3))
+    assert len(stratified_sample(y, 3, 0)) == 3  # fewer than the classes: as many as asked
+
+
+@pytest.mark.parametrize("size", [1.0, -0.1])
+def test_val_size_out_of_range_names_the_key(tmp_path, size):
+    with pytest.raises(ConfigError, match=r"dataset\.val_size"):
+        mini(tmp_path, val_size=size)

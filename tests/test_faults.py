@@ -104,10 +104,13 @@ def _assert_matches_reference(sweep: Path, reference: dict[str, Path], report_re
         ref = reference[name]
         pd.testing.assert_frame_equal(_epochs(run), _epochs(ref))
         pd.testing.assert_frame_equal(steps, pd.read_csv(ref / rundir.STEPS_CSV))
-        # What the resumed model ends with is what the uninterrupted one ends with.
-        a, b = (torch.load(d / rundir.MODEL, weights_only=True) for d in (run, ref))
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+        # What the resumed model ends with is what the uninterrupted one ends with, and so is the
+        # validation-best epoch it kept (best.pt), even when that epoch came before a kill.
+        assert summary["best_epoch"] == rundir.read_json(ref / rundir.SUMMARY_JSON)["best_epoch"], name
+        for weights in (rundir.MODEL, rundir.BEST):
+            a, b = (torch.load(d / weights, weights_only=True) for d in (run, ref))
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
         assert not list(run.glob(".*.tmp"))
     if report_read:
         rows = pd.read_csv(sweep / "report" / "summary.csv")

@@ -16,7 +16,8 @@ from conftest import make_cfg, run_cli
 OTHER = {"trainer.device": "cpu", "trainer.pipeline": "dataloader", "trainer.num_workers": "0",
          "trainer.channels_last": "true", "trainer.compile": "true", "trainer.cuda_graph": "false",
          "trainer.cudnn_benchmark": "false", "trainer.eval_batch_size": "64", "trainer.log_every": "7",
-         "trainer.checkpoint_every": "3", "trainer.fail_fast": "true", "trainer.failure_value": "-1"}
+         "trainer.checkpoint_every": "3", "trainer.fail_fast": "true", "trainer.failure_value": "-1",
+         "trainer.save_best": "false"}
 
 
 def test_every_key_outside_the_identity_leaves_hash_and_name_alone():
@@ -26,7 +27,8 @@ def test_every_key_outside_the_identity_leaves_hash_and_name_alone():
         override = f"{key}={value}"
         assert config_hash(make_cfg([override])) == config_hash(base), key
         assert not is_identity_key(key) and job_dirname([override, "scheduler=step"]) == "scheduler=step", key
-    for override in ("optimizer.lr=0.5", "trainer.seed=3", "trainer.amp=bf16", "model=lenet", "trainer.epochs=3"):
+    for override in ("optimizer.lr=0.5", "trainer.seed=3", "trainer.amp=bf16", "model=lenet", "trainer.epochs=3",
+                     "dataset.val_size=0.2", "dataset.split_seed=1", "trainer.train_eval_size=10"):
         assert config_hash(make_cfg([override])) != config_hash(base), override
         assert job_dirname([override]) == override
     for key in ("data.root", "data.download", "report.arm_panels", "dry_run", "hydra/launcher", "logger"):

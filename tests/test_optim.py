@@ -46,7 +46,7 @@ def test_every_scheduler_updates_the_lr_tensor_in_place(name):
             opt.step()
             schedule.after_step()
             assert opt.param_groups[0]["lr"] is lr, name
-        schedule.after_epoch({"test_loss": 1.0, "test_acc": 0.5})  # a metric that never improves
+        schedule.after_epoch({"val_loss": 1.0, "val_acc": 0.5})  # a metric that never improves
         assert opt.param_groups[0]["lr"] is lr, name
         seen.append(float(lr))
     assert (len(set(seen)) > 1) == (schedule.scheduler is not None), (name, seen)

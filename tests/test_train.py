@@ -1,17 +1,26 @@
-"""The real trainer on tiny settings: files, reproducibility, schedulers, regularization."""
+"""The real trainer on tiny settings: files, reproducibility, schedulers, regularization, what chooses."""
 
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.optim import lr_scheduler as sched
 
 from ablate import rundir
 from ablate.config import ConfigError
+from ablate.data import load_dataset
+from ablate.models import build_model
+from ablate.run import score
 from ablate.train import fit
+
+VOLATILE = ["epoch_seconds", "images_per_second"]  # wall-clock columns
+EVAL_ROWS = 200  # TINY evaluates one batch of 200 images per split (limit_eval_batches=1, eval_batch_size=200)
 
 
 def _fit(cfg_factory, tmp_path, *overrides, name="run"):
@@ -26,7 +35,9 @@ def test_run_writes_metrics_summary_and_model(cfg_factory, tmp_path):
     epochs = pd.read_csv(run_dir / "epochs.csv")
     assert list(epochs.columns) == rundir.EPOCH_COLUMNS
     assert list(epochs.epoch) == [1, 2]
-    assert epochs.test_acc.between(0, 1).all() and (epochs.images_per_second > 0).all()
+    for split in ("val", "test", "train_eval"):
+        assert epochs[f"{split}_acc"].between(0, 1).all() and (epochs[f"{split}_loss"] > 0).all(), split
+    assert (epochs.images_per_second > 0).all()
     steps = pd.read_csv(run_dir / "steps.csv")
     assert list(steps.columns) == rundir.STEP_COLUMNS
     assert list(steps.step) == list(range(1, 9)) and list(steps.epoch) == [1] * 4 + [2] * 4
@@ -34,6 +45,15 @@ def test_run_writes_metrics_summary_and_model(cfg_factory, tmp_path):
     assert summary["status"] == "completed" and summary["epochs_done"] == 2
     assert summary["final_test_acc"] == pytest.approx(epochs.test_acc.iloc[-1])
     assert summary["best_test_acc"] == pytest.approx(epochs.test_acc.max())
+    # The validation split chooses: the best epoch is its best, and that is what a sweeper gets back.
+    best = epochs.val_acc.idxmax()
+    assert summary["selection"] == "val" and summary["best_epoch"] == epochs.epoch[best]
+    assert summary["best_val_acc"] == pytest.approx(epochs.val_acc.max())
+    assert summary["test_acc_at_best"] == pytest.approx(epochs.test_acc[best])
+    assert summary["final_val_acc"] == pytest.approx(epochs.val_acc.iloc[-1])
+    assert summary["final_train_eval_acc"] == pytest.approx(epochs.train_eval_acc.iloc[-1])
+    assert score(summary, -1.0) == summary["final_val_acc"]
+    assert "scheduler_metric" not in summary  # cosine steps on nothing
     assert summary["params"] == 421_642  # simple_cnn on 1x28x28, 10 classes
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     assert sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k) == summary["params"]
@@ -43,8 +63,7 @@ def test_same_seed_gives_identical_epochs(cfg_factory, tmp_path):
     a, _ = _fit(cfg_factory, tmp_path, "augment=tutorial", name="a")
     b, _ = _fit(cfg_factory, tmp_path, "augment=tutorial", name="b")
     c, _ = _fit(cfg_factory, tmp_path, "augment=tutorial", "trainer.seed=1", name="c")
-    cols = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
-    ea, eb, ec = (pd.read_csv(d / "epochs.csv")[cols] for d in (a, b, c))
+    ea, eb, ec = (pd.read_csv(d / "epochs.csv").drop(columns=VOLATILE) for d in (a, b, c))
     pd.testing.assert_frame_equal(ea, eb)
     assert not ea.train_loss.equals(ec.train_loss)
 
@@ -95,7 +114,7 @@ def test_plateau_lowers_lr_only_after_patience(cfg_factory, tmp_path):
                       "trainer.epochs=6", "trainer.limit_batches=1")
     ep = pd.read_csv(run_dir / "epochs.csv")
     want = _torch_lrs(lambda o: sched.ReduceLROnPlateau(o, factor=0.5, patience=2, threshold=0.5), 6, 1,
-                      metrics=ep.test_loss.tolist())
+                      metrics=ep.val_loss.tolist())
     assert ep.lr.tolist() == pytest.approx(want, rel=LR_REL)
     assert ep.lr.tolist()[:4] == pytest.approx([1e-3] * 4, rel=LR_REL) and ep.lr.iloc[4] == pytest.approx(5e-4, rel=LR_REL)  # epochs 2-4 bad -> cut after 4
 
@@ -133,6 +152,8 @@ def test_l2_is_not_adamw_decay(cfg_factory, tmp_path):
 
 
 @pytest.mark.parametrize("override,key", [("trainer.epochs=0", "trainer.epochs"),
+                                          ("trainer.train_eval_size=-1", "trainer.train_eval_size"),
+                                          ("dataset.val_size=1.0", "dataset.val_size"),
                                           ("optimizer.lr=-0.1", "optimizer.lr"),
                                           ("augment.hflip=1.5", "augment.hflip")])
 def test_bad_values_name_the_key(cfg_factory, tmp_path, override, key):
@@ -143,3 +164,102 @@ def test_bad_values_name_the_key(cfg_factory, tmp_path, override, key):
 def test_plateau_needs_eval_every_epoch(cfg_factory, tmp_path):
     with pytest.raises(ConfigError, match="trainer.eval_every"):
         _fit(cfg_factory, tmp_path, "scheduler=plateau", "trainer.eval_every=2")
+
+
+# --------------------------------------------------------------------------- what chooses, what is measured
+def test_plateau_steps_on_the_validation_loss_not_the_test_loss(cfg_factory, tmp_path):
+    # Calibrate: a constant lr trains epochs 1-2 exactly as plateau does (nothing changes before its first cut).
+    ref, _ = _fit(cfg_factory, tmp_path, "scheduler=none", "trainer.epochs=2", "trainer.limit_batches=1", name="ref")
+    ep = pd.read_csv(ref / "epochs.csv")
+    gain = {s: 1 - ep[f"{s}_loss"][1] / ep[f"{s}_loss"][0] for s in ("val", "test")}  # epoch 2's relative gain
+    assert min(gain.values()) > 0 and abs(gain["val"] - gain["test"]) > 1e-3, gain
+    # A threshold between the two gains: epoch 2 improved on one split and not on the other.
+    run_dir, s = _fit(cfg_factory, tmp_path, "scheduler=plateau", "scheduler.patience=0", "trainer.epochs=3",
+                      f"scheduler.threshold={(gain['val'] + gain['test']) / 2}", "trainer.limit_batches=1")
+    lr = pd.read_csv(run_dir / "epochs.csv").lr.tolist()
+    assert lr[:2] == pytest.approx([1e-3, 1e-3], rel=LR_REL)
+    assert lr[2] == pytest.approx(1e-3 if gain["val"] > gain["test"] else 5e-4, rel=LR_REL)  # the val split's call
+    assert s["scheduler_metric"] == "val_loss"
+
+
+def test_without_a_validation_split_the_test_split_chooses_and_the_run_says_so(cfg_factory, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ablate")
+    run_dir, s = _fit(cfg_factory, tmp_path, "dataset.val_size=0", "trainer.train_eval_size=0", "scheduler=plateau",
+                      "scheduler.patience=0", "scheduler.threshold=0.5", "trainer.epochs=3", "trainer.limit_batches=1")
+    ep = pd.read_csv(run_dir / "epochs.csv")
+    assert ep[["val_loss", "val_acc", "train_eval_loss", "train_eval_acc"]].isna().all().all()  # empty cells
+    want = _torch_lrs(lambda o: sched.ReduceLROnPlateau(o, factor=0.5, patience=0, threshold=0.5), 3, 1,
+                      metrics=ep.test_loss.tolist())
+    assert ep.lr.tolist() == pytest.approx(want, rel=LR_REL) and want[2] < want[1]  # cut after epoch 2
+    assert s["selection"] == "test" and s["scheduler_metric"] == "test_loss"
+    assert s["final_val_acc"] is None and s["best_val_acc"] is None and s["final_train_eval_acc"] is None
+    assert s["best_epoch"] == ep.epoch[ep.test_acc.idxmax()] and s["test_acc_at_best"] == ep.test_acc.max()
+    assert score(s, -1.0) == s["final_test_acc"]
+    assert not (run_dir / rundir.BEST).exists()
+    assert "no validation split (dataset.val_size=0)" in caplog.text
+    assert "the scheduler steps on test_loss" in caplog.text
+
+
+def _scored(cfg, weights: Path) -> dict[str, tuple[float, float]]:
+    """Loss and accuracy of saved weights, computed here from scratch: eval mode, normalised pixels, nothing else."""
+    data = load_dataset(cfg.dataset, cfg.data)
+    model = build_model(cfg.model, data.channels, data.image_size, data.num_classes)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (data.mean, data.std))
+    out = {}
+    for split, (x, y) in {"val": (data.val_x, data.val_y), "train_eval": data.train_subset(EVAL_ROWS)}.items():
+        with torch.no_grad():
+            logits = model((x[:EVAL_ROWS].float() / 255 - mean) / std)
+        y = y[:EVAL_ROWS]
+        out[split] = F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+    return out
+
+
+def test_val_and_train_eval_score_the_model_in_eval_mode_without_augmentation(cfg_factory, tmp_path):
+    # Strong augmentation and simple_cnn's dropout 0.5: a pass in train mode or with augmentation would differ.
+    over = ("augment=strong", f"trainer.train_eval_size={EVAL_ROWS}", "trainer.epochs=1")
+    run_dir, s = _fit(cfg_factory, tmp_path, *over)
+    last = pd.read_csv(run_dir / "epochs.csv").iloc[-1]
+    got = _scored(cfg_factory(*over), run_dir / rundir.MODEL)
+    for split in ("val", "train_eval"):
+        assert (last[f"{split}_loss"], last[f"{split}_acc"]) == pytest.approx(got[split], rel=1e-5), split
+    assert last.train_eval_acc != last.train_acc  # the running train-mode accuracy is another number
+
+
+def test_best_pt_is_the_validation_best_epoch_and_survives_a_crash_and_resume(cfg_factory, tmp_path, monkeypatch,
+                                                                              caplog):
+    # Epoch 4 trains at lr 1 (x1000 after 3 epochs): it wrecks the model, so the best epoch comes before it.
+    over = ("scheduler=step", "scheduler.step_size=3", "scheduler.gamma=1000", "trainer.epochs=4")
+    ref, s = _fit(cfg_factory, tmp_path, *over, name="ref")
+    ep = pd.read_csv(ref / "epochs.csv")
+    best = ep.val_acc.idxmax()
+    assert s["best_epoch"] == ep.epoch[best] < 4 and s["best_val_acc"] == ep.val_acc[best]
+    assert _scored(cfg_factory(*over), ref / rundir.BEST)["val"][1] == pytest.approx(ep.val_acc[best])
+
+    # The same run, crashed while writing epoch 4's row (after epoch 3's checkpoint), then resumed.
+    real = rundir.append_rows
+
+    def crash_in_epoch_4(path, columns, rows):
+        if Path(path).name == rundir.EPOCHS_CSV and rows[0]["epoch"] == 4:
+            raise RuntimeError("killed")
+        real(path, columns, rows)
+
+    monkeypatch.setattr(rundir, "append_rows", crash_in_epoch_4)
+    run_dir = tmp_path / "crashed"
+    run_dir.mkdir()
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(cfg_factory(*over), run_dir, "h")
+    monkeypatch.setattr(rundir, "append_rows", real)
+    # A best.pt the checkpoint does not vouch for (a killed attempt's, of an epoch the resume cuts back).
+    stale = torch.load(run_dir / rundir.BEST, weights_only=True)
+    torch.save({k: torch.zeros_like(v) for k, v in stale.items()}, run_dir / rundir.BEST)
+    caplog.set_level(logging.INFO, logger="ablate")
+    resumed = fit(cfg_factory(*over), run_dir, "h")
+    assert "resuming crashed after epoch 3/4" in caplog.text
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "epochs.csv").drop(columns=VOLATILE), ep.drop(columns=VOLATILE))
+    for key in ("best_epoch", "best_val_acc", "test_acc_at_best", "final_val_acc"):
+        assert resumed[key] == s[key], key
+    a, b = (torch.load(d / rundir.BEST, weights_only=True) for d in (run_dir, ref))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
