@@ -8,6 +8,7 @@ matplotlib) is imported only when a sweep ends.
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ class ReportCallback(Callback):
             raise SystemExit(f"ablate: {e}") from None
         try:
             sweep = Path(config.hydra.sweep.dir)
-            print(f"Sweep: {sweep}/ (report at the end, or any time: python -m ablate.report {sweep})", flush=True)
+            print(f"Sweep: {sweep}/ (report at the end, or any time: python -m ablate.report "
+                  f"{shlex.quote(str(sweep))})", flush=True)
         except Exception as e:  # noqa: BLE001  (a callback must never stop the sweep)
             log.warning("report callback: %s", e)
 
@@ -56,4 +58,5 @@ class ReportCallback(Callback):
             print(f"Report: {path}", flush=True)
         except Exception as e:  # noqa: BLE001
             log.warning("report callback: no report written (%s: %s); run python -m ablate.report %s",
-                        type(e).__name__, e, config.hydra.sweep.dir if "hydra" in config else "SWEEP_DIR")
+                        type(e).__name__, e, shlex.quote(str(config.hydra.sweep.dir)) if "hydra" in config
+                        else "SWEEP_DIR")

@@ -26,10 +26,12 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config", return_h
 
 
 def validate(cfg: Any) -> dict[str, Any]:
-    """Every group typed and range-checked, then the checks that span groups; the typed groups by name.
+    """Every group typed and range-checked, then the checks that span groups, then the data set's files
+    present; the typed groups by name.
 
-    Raises a one-line :class:`ablate.config.ConfigError` naming the key. This is
-    what a launch checks before anything is loaded or trained."""
+    Raises a one-line :class:`ablate.config.ConfigError` naming the key, or a
+    :class:`ablate.data.DataError` naming the missing file. This is what a launch,
+    and a dry run, check before anything is loaded or trained."""
     t = typed(cfg.trainer, TrainerConf)
     groups: dict[str, Any] = {
         "trainer": t,
@@ -41,6 +43,6 @@ def validate(cfg: Any) -> dict[str, Any]:
         "optimizer": optim.OPTIMIZERS.typed(cfg.optimizer),
         "scheduler": optim.SCHEDULERS.typed(cfg.scheduler),
     }
-    data.source_of(groups["dataset"])
     groups["scheduler"].check(t)
+    data.check_dataset(groups["dataset"], groups["data"])
     return groups

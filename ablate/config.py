@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,13 @@ def positive(group: str, obj: Any, *fields: str) -> None:
     for f in fields:
         v = getattr(obj, f)
         require(v is not None and v > 0, f"{group}.{f}", v, "must be > 0")
+
+
+def finite(group: str, obj: Any, *fields: str) -> None:
+    """Refuse inf (and nan): ``inf > 0`` passes a range check, and an infinite lr trains nothing."""
+    for f in fields:
+        v = getattr(obj, f)
+        require(v is None or math.isfinite(v), f"{group}.{f}", v, "must be a finite number")
 
 
 def non_negative(group: str, obj: Any, *fields: str) -> None:
@@ -372,8 +380,6 @@ def _register_resolvers() -> None:
     for name, fn in {
         "ablate_subdir": lambda task: job_dirname(list(task) if isinstance(task, (list, ListConfig)) else []),
         "multiply": lambda a, b: float(a) * float(b),
-        # hydra.output_subdir: a dry run writes no .hydra/, so it never touches a real run's record.
-        "ablate_hydra_subdir": lambda dry_run: None if dry_run else ".hydra",
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

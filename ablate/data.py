@@ -16,7 +16,7 @@ import json
 import pickle
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -82,20 +82,22 @@ class TensorData:
 
 @dataclass(frozen=True)
 class Source:
-    """A data set format: the shape and classes it holds, and its reader."""
+    """A data set format: the shape and classes it holds, its reader, and where the reader looks."""
 
     shape: tuple[int, int, int]  # channels, height, width of one image
     classes: tuple[str, ...]
     read: Callable[[str, Path, bool], tuple]  # (name, root, download) -> train_x, train_y, test_x, test_y
+    find: Callable[[str, Path, bool], Optional[list[Path]]]  # its files; None: to download; DataError: absent
 
 
 SOURCES: dict[str, Source] = {}
 
 
-def source(name: str, shape: tuple[int, int, int], classes: list[str]) -> Callable:
+def source(name: str, shape: tuple[int, int, int], classes: list[str],
+           find: Callable[[str, Path, bool], Optional[list[Path]]]) -> Callable:
     """Register a reader as ``dataset.source=<name>``: a new data set format is one reader plus one YAML."""
     def deco(read: Callable[[str, Path, bool], tuple]) -> Callable[[str, Path, bool], tuple]:
-        SOURCES[name] = Source(shape, tuple(classes), read)
+        SOURCES[name] = Source(shape, tuple(classes), read, find)
         return read
     return deco
 
@@ -187,29 +189,65 @@ def _idx_dir_complete(directory: Path) -> bool:
     return all(_find(directory, n) for pair in IDX_FILES.values() for n in pair)
 
 
-def _load_idx(name: str, folder: str, root: Path, download: bool, extra: tuple[Path, ...] = ()) -> tuple:
+def _idx_dir(name: str, folder: str, root: Path, download: bool, extra: tuple[Path, ...] = ()) -> Optional[Path]:
+    """The first directory holding all four IDX files; None when they are to be downloaded."""
     raw = root / folder / "raw"
     places = [raw, *extra]
     for directory in places:
         if _idx_dir_complete(directory):
-            return (*_idx_split(directory, "train"), *_idx_split(directory, "test"))
+            return directory
     if download:
-        _download(name, folder, root)
-        if _idx_dir_complete(raw):
-            return (*_idx_split(raw, "train"), *_idx_split(raw, "test"))
+        return None
     where = " or ".join(str(p) for p in places)
     how = "run `apt-get install dataset-fashion-mnist`, " if extra else ""
     raise DataError(f"{name}: not found in {where}; {how}put the four IDX files in {raw}, "
                     "or set data.download=true (needs a network)")
 
 
+def _find_idx(name: str, folder: str, root: Path, download: bool, extra: tuple[Path, ...] = ()) -> Optional[list[Path]]:
+    directory = _idx_dir(name, folder, root, download, extra)
+    return None if directory is None else [_find(directory, n) for pair in IDX_FILES.values() for n in pair]
+
+
+def _load_idx(name: str, folder: str, root: Path, download: bool, extra: tuple[Path, ...] = ()) -> tuple:
+    directory = _idx_dir(name, folder, root, download, extra)
+    if directory is None:
+        _download(name, folder, root)
+        directory = _idx_dir(name, folder, root, False, extra)
+    return (*_idx_split(directory, "train"), *_idx_split(directory, "test"))
+
+
+_NP_CORE = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+# numpy's array reconstruction, named numpy.core in the official batches (Python 2, numpy 1), numpy._core when
+# written by numpy 2; nothing else is admitted.
+_ARRAY_GLOBALS = {**{(m, "_reconstruct"): _NP_CORE.multiarray._reconstruct
+                     for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+                  ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what a CIFAR-10 python batch holds: dicts, lists, bytes and numbers (built without any
+    lookup) and numpy arrays. Every other global, the way a crafted pickle runs code, is refused before
+    it is even imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _ARRAY_GLOBALS.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: a CIFAR-10 batch holds only arrays and lists")
+        return found
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except Exception as e:
+            d = _CifarUnpickler(f, encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001  (a damaged pickle fails in many ways; each is this one line)
         raise DataError(f"{path}: not a readable CIFAR-10 batch ({type(e).__name__}: {e}); delete "
                         "cifar-10-batches-py and fetch it again (data.download=true)") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: not a CIFAR-10 batch (a {type(d).__name__}, not a dict); "
+                        "fetch cifar-10-batches-py again")
+    return d
 
 
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -226,45 +264,71 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _load_cifar10(name: str, root: Path, download: bool) -> tuple:
-    base = root / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    if not all((base / n).is_file() for n in names) and download:
-        _download(name, "CIFAR10", root)
+def _find_cifar10(name: str, root: Path, download: bool) -> Optional[list[Path]]:
+    base, names = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     missing = [n for n in names if not (base / n).is_file()]
+    if missing and download:
+        return None
     if missing:
         raise DataError(f"{name}: CIFAR-10 not found in {base} (missing {', '.join(missing)}); put the "
                         "python-version batches there (cifar-10-python.tar.gz, extracted), or set data.download=true")
-    train = [_cifar_batch(base / n) for n in names[:5]]
-    tx, ty = _cifar_batch(base / "test_batch")
+    return [base / n for n in names]
+
+
+def _load_cifar10(name: str, root: Path, download: bool) -> tuple:
+    paths = _find_cifar10(name, root, download)
+    if paths is None:
+        _download(name, "CIFAR10", root)
+        paths = _find_cifar10(name, root, False)
+    train = [_cifar_batch(p) for p in paths[:5]]
+    tx, ty = _cifar_batch(paths[5])
     return np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), tx, ty
 
 
-@source("fashion_mnist", (1, 28, 28), FASHION_CLASSES)
+@source("fashion_mnist", (1, 28, 28), FASHION_CLASSES,
+        find=lambda name, root, download: _find_idx(name, "FashionMNIST", root, download, (DEBIAN_FASHION_MNIST,)))
 def _read_fashion_mnist(name: str, root: Path, download: bool) -> tuple:
     return _load_idx(name, "FashionMNIST", root, download, (DEBIAN_FASHION_MNIST,))
 
 
-@source("mnist", (1, 28, 28), MNIST_CLASSES)
+@source("mnist", (1, 28, 28), MNIST_CLASSES, find=lambda name, root, download: _find_idx(name, "MNIST", root, download))
 def _read_mnist(name: str, root: Path, download: bool) -> tuple:
     return _load_idx(name, "MNIST", root, download)
 
 
-@source("cifar10", (3, 32, 32), CIFAR10_CLASSES)
+@source("cifar10", (3, 32, 32), CIFAR10_CLASSES, find=_find_cifar10)
 def _read_cifar10(name: str, root: Path, download: bool) -> tuple:
     return _load_cifar10(name, root, download)
 
 
-@source("embedded", (1, 28, 28), FASHION_CLASSES)
+# The Fashion-MNIST subset shipped inside the package: no files to fetch, no download.
+EMBEDDED = importlib.resources.files("ablate") / "_data" / "fashion_mnist_mini.npz"
+_REBUILD = "reinstall ablate, or rebuild it with `python scripts/make_fashion_mnist_mini.py`"
+
+
+def _find_embedded(name: str, root: Path, download: bool) -> list[Path]:
+    if not EMBEDDED.is_file():
+        raise DataError(f"embedded: {EMBEDDED} is missing; {_REBUILD}")
+    return [Path(str(EMBEDDED))]
+
+
+@source("embedded", (1, 28, 28), FASHION_CLASSES, find=_find_embedded)
 def _read_embedded(name: str, root: Path, download: bool) -> tuple:
-    """The Fashion-MNIST subset shipped inside the package (``ablate/_data``): no files, no download."""
-    ref = importlib.resources.files("ablate") / "_data" / "fashion_mnist_mini.npz"
+    """``ablate/_data/fashion_mnist_mini.npz``, checked like any data file: a damaged archive is one line."""
     try:
-        with importlib.resources.as_file(ref) as path, np.load(path) as z:
-            return z["train_x"][:, None], z["train_y"], z["test_x"][:, None], z["test_y"]
-    except (OSError, KeyError, ValueError, zlib.error) as e:
-        raise DataError(f"embedded: {ref} missing or damaged ({type(e).__name__}); reinstall ablate, or rebuild it "
-                        "with `python scripts/make_fashion_mnist_mini.py`") from None
+        with importlib.resources.as_file(EMBEDDED) as path, np.load(path) as z:
+            tx, ty, vx, vy = (z[k] for k in ("train_x", "train_y", "test_x", "test_y"))
+    except Exception as e:  # noqa: BLE001  (bit flips surface as BadZipFile, zlib.error, TokenError from the
+        # array header, NotImplementedError, ...: whatever the library, the file is damaged)
+        raise DataError(f"embedded: {EMBEDDED} missing or damaged ({type(e).__name__}: {str(e)[:120]}); "
+                        f"{_REBUILD}") from None
+    for x, y in ((tx, ty), (vx, vy)):
+        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y) \
+                or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"embedded: {EMBEDDED} is damaged (arrays of shape {x.shape} {x.dtype}, {y.shape} "
+                            f"{y.dtype}); {_REBUILD}")
+        _check_labels(Path(str(EMBEDDED)), y)
+    return tx[:, None], ty, vx[:, None], vy
 
 
 # --------------------------------------------------------------------------- public
@@ -336,6 +400,25 @@ def _stats(name: str, classes: Optional[list[int]], x: np.ndarray, root: Path) -
     return mean, std
 
 
+def _check_class_ids(c: DatasetConf, names: Sequence[str]) -> None:
+    bad = [k for k in c.classes or [] if not 0 <= k < len(names)]
+    require(not bad, "dataset.classes", list(c.classes or []), f"label ids must be in 0..{len(names) - 1}")
+
+
+def check_dataset(cfg: Any, data: Any) -> None:
+    """Class ids fit the source, and its files are where the reader looks and open (or are to be downloaded).
+    Reads no data (every launch and dry run checks this); damage inside a file is found when a run loads it."""
+    c: DatasetConf = typed(cfg, DatasetConf)
+    d: DataConf = typed(data, DataConf)
+    src = source_of(c)
+    _check_class_ids(c, src.classes)
+    for path in src.find(c.name, Path(d.root).expanduser(), d.download) or []:
+        try:
+            open(path, "rb").close()
+        except OSError as e:
+            raise DataError(f"{path}: cannot be read ({e.strerror}); check its permissions") from None
+
+
 def load_dataset(cfg: Any, data: Any) -> TensorData:
     """Load the configured data set into memory as uint8 tensors (one clear DataError if it can't)."""
     c: DatasetConf = typed(cfg, DatasetConf)
@@ -346,8 +429,7 @@ def load_dataset(cfg: Any, data: Any) -> TensorData:
     tx, ty, vx, vy = arrays
     ty, vy = np.asarray(ty, dtype=np.int64), np.asarray(vy, dtype=np.int64)
     if c.classes is not None:
-        bad = [k for k in c.classes if not 0 <= k < len(names)]
-        require(not bad, "dataset.classes", list(c.classes), f"label ids must be in 0..{len(names) - 1}")
+        _check_class_ids(c, names)
         tx, ty = _subset(tx, ty, list(c.classes))
         vx, vy = _subset(vx, vy, list(c.classes))
         names = [names[k] for k in c.classes]

@@ -3,9 +3,11 @@
 Failures stay inside their run: an error is written to ``summary.json`` (status
 ``failed``, with the traceback, also logged) and the job returns normally, so
 the other jobs, the report and the exit status of a sweep are unaffected
-(``trainer.fail_fast=true`` re-raises instead). Rerunning a sweep with
-``hydra.sweep.dir=<old sweep>`` skips runs already completed with the same
-resolved config and resumes the others from their last checkpoint.
+(``trainer.fail_fast=true`` re-raises instead; a single run, without ``-m``,
+exits non-zero). Rerunning a sweep with ``hydra.sweep.dir=<old sweep>`` skips
+runs already completed with the same resolved config and resumes the others from
+their last checkpoint. Each run directory has one writer: a job meeting a run
+that another live process holds skips it (:class:`ablate.runlock.RunLock`).
 """
 
 from __future__ import annotations
@@ -18,16 +20,22 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import compose as _schemas  # noqa: F401  (registers every group's schema before Hydra composes)
-from . import rundir
+from . import rundir, runlock
+from .compose import validate  # importing it registers every group's schema before Hydra composes
 from .config import PRESET_GROUPS, RUN_GROUPS, ConfigError, config_hash
 from .data import DataError
 from .rundir import CheckpointError
 
 log = logging.getLogger("ablate")
+
+
+class DryRunRefused(CompactHydraException):
+    """A dry-run job a launch would refuse. Raised (not exited) so the other jobs still print their
+    line; Hydra then prints this one line and exits 1."""
 
 
 def _job_info() -> tuple[Path, list[str], dict[str, Any], bool]:
@@ -36,20 +44,38 @@ def _job_info() -> tuple[Path, list[str], dict[str, Any], bool]:
     return Path(hc.runtime.output_dir), list(hc.overrides.task), choices, hc.mode == RunMode.MULTIRUN
 
 
-def _print_dry_run(run_dir: Path, overrides: list[str], h: str) -> None:
-    """One line per job: its overrides, its run dir and what a real launch would do there."""
+def _dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str], h: str, multirun: bool) -> float:
+    """One line per job: its overrides, its run dir and what a real launch would do there, after the
+    checks a launch makes (:func:`ablate.compose.validate`). Writes nothing."""
     shown = " ".join(o for o in overrides if o.lstrip("+~").split("=")[0] != "dry_run") or "(no overrides)"
-    prev = rundir.read_summary(run_dir)
-    if prev is None:
+    num = HydraConfig.get().job.get("num")
+    line = f"[dry run]{'' if num is None else f' #{num}'} {shown} -> "
+    try:
+        validate(cfg)
+    except (ConfigError, DataError) as e:
+        if not multirun:
+            sys.exit(f"ablate: {e}")
+        print(f"{line}{run_dir} (refused: ablate: {e})", flush=True)
+        raise DryRunRefused(f"ablate: {e}") from None
+    home, prev = rundir.placement(run_dir, h)
+    if home != run_dir:
+        what = f"holds another config: would run in {home.name}"
+    elif prev is None:
         what = "new"
-    elif prev.get("config_hash") != h:
-        what = f"holds another config: would run in {run_dir.name}~{h[:8]}"
     elif prev.get("status") in ("completed", "diverged"):
         what = f"already {prev['status']}: would skip"
     else:
-        what = f"{prev.get('status')} after {prev.get('epochs_done') or 0} epoch(s): would resume"
-    num = HydraConfig.get().job.get("num")
-    print(f"[dry run]{'' if num is None else f' #{num}'} {shown} -> {run_dir} ({what})", flush=True)
+        what = f"{runlock.shown_status(run_dir, prev)} after {prev.get('epochs_done') or 0} epoch(s): would resume"
+    print(f"{line}{run_dir} ({what})", flush=True)
+    return 0.0
+
+
+def _record(cfg: DictConfig) -> dict[str, str]:
+    """The job's ``.hydra/`` files, as Hydra writes them (with ``hydra.output_subdir: null`` it does not:
+    it would rewrite a skipped run's record, in place)."""
+    hydra_node = HydraConfig.instance().cfg
+    return {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": OmegaConf.to_yaml(hydra_node),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_node.hydra.overrides.task)}
 
 
 def _spread_over_gpus(cfg: DictConfig) -> None:
@@ -82,34 +108,61 @@ def run(cfg: DictConfig) -> float:
     run_dir, overrides, choices, multirun = _job_info()
     h = config_hash(cfg)
     if cfg.get("dry_run"):
-        _print_dry_run(run_dir, overrides, h)
-        return 0.0
-    _spread_over_gpus(cfg)
-    run_dir, prev = rundir.claim(run_dir, h)
+        return _dry_run(cfg, run_dir, overrides, h, multirun)
+    try:
+        run_dir, prev, lock = rundir.claim(run_dir, h)
+    except runlock.RunLocked as e:
+        log.warning("%s", e)
+        if not multirun:
+            sys.exit(f"ablate: {e}")
+        return float(cfg.trainer.failure_value)
+    with lock:
+        return _run_locked(cfg, run_dir, prev, h, overrides, choices, multirun)
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path, prev: dict | None, h: str, overrides: list[str],
+                choices: dict[str, Any], multirun: bool) -> float:
     rundir.remove_stale_temps(run_dir)
     if prev is not None and prev.get("status") in ("completed", "diverged"):
         log.info("%s: already %s with this config; skipping", run_dir.name, prev["status"])
         return score(prev, cfg.trainer.failure_value)
+    record = _record(cfg)
+    _spread_over_gpus(cfg)
 
     from .device import release  # torch: only once there is a run to train
     from .train import fit
 
     summary = {"status": "running", "overrides": overrides, "choices": choices,
-               "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": h, "run_dir": str(run_dir)}
+               "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": h, "run_dir": str(run_dir),
+               **runlock.owner()}
     try:
+        rundir.write_record(run_dir, record)
         summary = fit(cfg, run_dir, h, summary)
     except Exception as e:
         if cfg.trainer.get("fail_fast"):
             raise
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        rundir.atomic_write_json(run_dir / rundir.SUMMARY_JSON, summary)
+        _record_failure(run_dir, summary, e)
         if isinstance(e, (ConfigError, DataError, CheckpointError)) and not multirun:
             sys.exit(f"ablate: {e}")  # bad input: one line, non-zero exit
-        log.error("%s failed: %s\n%s", run_dir.name, summary["error"], summary["traceback"])
+        log.error("%s failed: %s: %s\n%s", run_dir.name, type(e).__name__, e, traceback.format_exc())
+        if not multirun:
+            sys.exit(f"ablate: {run_dir.name} failed: {type(e).__name__}: {e}")
         return float(cfg.trainer.failure_value)
     finally:
         release()
     return score(summary, cfg.trainer.failure_value)
+
+
+def _record_failure(run_dir: Path, summary: dict, e: Exception) -> None:
+    """``status: failed`` over the last summary the trainer wrote (its epochs kept), even on a full disk;
+    a record that cannot be written is logged, never raised: the sweep goes on."""
+    last = rundir.read_summary(run_dir) or {}
+    record = {**summary, **(last if last.get("config_hash") == summary["config_hash"] else {}), **runlock.owner(),
+              "status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    try:
+        rundir.write_summary_anyway(run_dir, record)
+    except OSError as w:
+        log.error("%s: the failure could not be recorded in %s (%s)", run_dir.name, rundir.SUMMARY_JSON, w)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

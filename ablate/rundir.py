@@ -5,6 +5,9 @@ into place (``os.replace`` is atomic on POSIX). CSV rows are appended one epoch
 at a time with a single ``write`` and an ``fsync``, so a killed process leaves
 whole rows only; a resume cuts the CSVs back to the last checkpointed epoch.
 
+A run directory has one writer, the process holding its lock for the whole job
+(:mod:`ablate.runlock`): :func:`claim` takes it before anything is modified.
+
 Every reader of a run (the run entry, the trainer, the report, inspect, bench)
 goes through the functions here, so the layout is written down once. Nothing
 here imports torch until a checkpoint is written or read.
@@ -13,16 +16,17 @@ here imports torch until a checkpoint is written or read.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .runlock import RunLock, RunLocked
 
 # train_* are the running means of the epoch's training steps (train mode, augmented); train_eval_* the clean
 # pass over a fixed training subset; val_* the held-out split that chooses; test_* are reported only.
@@ -37,29 +41,41 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 BEST = "best.pt"  # the validation-best epoch's weights (trainer.save_best)
 REPORT_DIR = "report"  # a sweep's report, next to its run directories; never a run
-HYDRA_DIR = ".hydra"  # Hydra's record of the job: config.yaml, overrides.yaml, hydra.yaml
+HYDRA_DIR = ".hydra"  # the job's record: config.yaml, overrides.yaml, hydra.yaml (written by the run entry)
 MULTIRUN_YAML = "multirun.yaml"  # Hydra's record of a whole sweep, in the sweep directory
+RESULTS = (EPOCHS_CSV, STEPS_CSV, CHECKPOINT, MODEL, BEST)  # what clear_results deletes
+RECORD_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """The same error with the file named: torch and ``os.write`` report a full disk without a path."""
+    return OSError(e.errno, os.strerror(e.errno), str(path)) if e.errno else e
 
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp: its files are 0600; a run file gets the permissions the umask gives any new file.
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _named(e, path) from None
         raise
 
 
 def remove_stale_temps(run_dir: Path) -> list[Path]:
-    """Delete temporary files a killed writer left in ``run_dir`` (the real files are untouched)."""
+    """Delete temporary files a killed writer left in ``run_dir`` and its ``.hydra/`` (the real files are
+    untouched). Only the run's lock holder calls this: another writer's temp file is never in flight."""
     gone = []
-    for name in (SUMMARY_JSON, CHECKPOINT, MODEL, BEST, EPOCHS_CSV, STEPS_CSV):
-        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+    record = [(Path(run_dir) / HYDRA_DIR, n) for n in RECORD_FILES]
+    for where, name in [(Path(run_dir), n) for n in (SUMMARY_JSON, *RESULTS)] + record:
+        for tmp in where.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
             gone.append(tmp)
     return gone
@@ -84,10 +100,34 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(_finite(obj), indent=2, default=str) + "\n").encode())
 
 
+def write_summary_anyway(run_dir: Path, summary: Mapping[str, Any]) -> None:
+    """``summary.json`` for a run that ends (failed), even on a full disk: atomically when there is room,
+    else rewritten in place without the traceback (the old record's blocks are reused), so a run whose
+    disk filled up is recorded ``failed`` rather than left ``running``."""
+    path = Path(run_dir) / SUMMARY_JSON
+    try:
+        return atomic_write_json(path, summary)
+    except OSError as e:
+        if e.errno != errno.ENOSPC or not path.exists():
+            raise
+    data = (json.dumps(_finite({**summary, "traceback": None}), default=str) + "\n").encode()
+    try:
+        with open(path, "r+b") as f:
+            f.write(data)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise _named(e, path) from None
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Serialised in memory first, so a full disk is an ``OSError`` naming the file, not a torch message."""
     import torch
 
-    _atomic(path, lambda f: torch.save(obj, f))
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 def read_json(path: Path) -> dict | None:
@@ -116,14 +156,20 @@ def _fmt(v: Any) -> Any:
 
 
 def append_rows(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    """Append whole rows in one write (with the header if the file is new), then fsync."""
+    """Append whole rows (with the header if the file is new), then fsync; on a failed write
+    (a full disk) the file is cut back to what it held, so it keeps whole rows only."""
     path = Path(path)
-    new = not path.exists() or path.stat().st_size == 0
-    data = _csv_text(columns, rows, header=new).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        data = memoryview(_csv_text(columns, rows, header=size == 0).encode())
+        try:
+            while data:  # a write can be short when the disk fills; the next one then raises
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, size)
+            raise _named(e, path) from None
     finally:
         os.close(fd)
 
@@ -182,8 +228,26 @@ def find_runs(root: Path) -> list[Path]:
     return sorted(found)
 
 
+_NUMBER = (int, float)
+# What each field of summary.json holds; a field holding anything else (a hand-edited or foreign file) reads as
+# absent, so no reader meets a string where it counts epochs.
+SUMMARY_TYPES: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("status", "error", "traceback", "config_hash", "run_dir", "host", "heartbeat", "device",
+                     "step_mode", "selection", "scheduler_metric"), str),
+    **dict.fromkeys(("config", "choices"), dict), "overrides": list,
+    **dict.fromkeys(("epochs_planned", "epochs_done", "best_epoch", "seed", "params", "pid", "threads"), int),
+    **dict.fromkeys(("final_test_acc", "final_test_loss", "best_test_acc", "final_train_acc", "final_train_loss",
+                     "final_val_acc", "final_val_loss", "best_val_acc", "test_acc_at_best", "final_train_eval_acc",
+                     "final_train_eval_loss", "images_per_second", "seconds"), _NUMBER),
+}
+
+
 def read_summary(run_dir: Path) -> dict | None:
-    return read_json(Path(run_dir) / SUMMARY_JSON)
+    """The run's summary; None when missing or not a JSON object. Fields of the wrong type read as absent."""
+    s = read_json(Path(run_dir) / SUMMARY_JSON)
+    if s is None:
+        return None
+    return {k: v for k, v in s.items() if v is None or k not in SUMMARY_TYPES or isinstance(v, SUMMARY_TYPES[k])}
 
 
 def read_config(run_dir: Path, summary: dict | None = None) -> dict:
@@ -246,28 +310,74 @@ def steps_text(run_dir: Path) -> str | None:
 
 
 # --------------------------------------------------------------------------- claiming a run
-def claim(run_dir: Path, h: str) -> tuple[Path, dict | None]:
-    """The directory this config's results belong in, and its earlier summary if any.
+def has_results(run_dir: Path) -> bool:
+    return any((Path(run_dir) / n).exists() for n in RESULTS)
 
-    A directory holding results of a *different* config (the YAML changed since)
-    is left alone: this run gets a sibling named with its config hash, and the
-    old directory gets back the config record Hydra just overwrote."""
+
+def checkpoint_hash(run_dir: Path) -> str | None:
+    """The config hash the checkpoint records; None when there is none or it cannot be read."""
+    try:
+        state = load_checkpoint(run_dir)
+    except CheckpointError:
+        return None
+    h = state.get("config_hash") if state else None
+    return h if isinstance(h, str) else None
+
+
+def placement(run_dir: Path, h: str) -> tuple[Path, dict | None]:
+    """Where results of config ``h`` belong, and the summary found there; reads only.
+
+    ``run_dir`` itself when its results are known to be this config's (by their
+    summary, else their checkpoint) or when it holds none; otherwise (another
+    config's results, or results whose config cannot be told: a damaged summary)
+    the sibling ``run_dir~<hash8>``, so no run's files are ever deleted unless
+    they are known to be this run's."""
+    run_dir = Path(run_dir)
     prev = read_summary(run_dir)
-    if prev is None or prev.get("config_hash") == h:
+    known = prev.get("config_hash") if prev else None
+    if known is None and has_results(run_dir):
+        known = checkpoint_hash(run_dir)
+    if known == h or (known is None and not has_results(run_dir)):
         return run_dir, prev
     new = run_dir.with_name(f"{run_dir.name}~{h[:8]}")
-    new.mkdir(parents=True, exist_ok=True)
-    hyd = run_dir / HYDRA_DIR
-    if hyd.is_dir():
-        shutil.copytree(hyd, new / HYDRA_DIR, dirs_exist_ok=True)
-        if prev.get("config") is not None:  # Hydra wrote this job's config over the old run's record
-            import yaml
-
-            atomic_write_bytes(hyd / "config.yaml", yaml.safe_dump(prev["config"], sort_keys=False).encode())
-            atomic_write_bytes(hyd / "overrides.yaml", yaml.safe_dump(prev.get("overrides") or []).encode())
-    logging.getLogger("ablate").warning("%s holds results of a different config; this run goes to %s", run_dir, new)
-    _move_log(run_dir, new)
     return new, read_summary(new)
+
+
+def claim(run_dir: Path, h: str) -> tuple[Path, dict | None, RunLock]:
+    """Lock the directory config ``h`` trains in (:func:`placement`); its earlier summary if any.
+
+    Raises :class:`ablate.runlock.RunLocked` when another live process holds it. The old
+    directory of a changed config is left exactly as it was."""
+    run_dir = Path(run_dir)
+    try:
+        lock: RunLock | None = RunLock(run_dir)
+        busy = None
+    except RunLocked as e:  # another process: this run's writer, unless it trains another config there
+        lock, busy = None, e
+    home, prev = placement(run_dir, h)
+    if home == run_dir:
+        if lock is None:
+            raise busy
+        return run_dir, prev, lock
+    if lock is not None:
+        lock.release()
+    home.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(home)
+    logging.getLogger("ablate").warning("%s holds results of a different config (or of one its files cannot tell); "
+                                        "this run goes to %s", run_dir, home)
+    _move_log(run_dir, home)
+    return home, read_summary(home), lock
+
+
+def write_record(run_dir: Path, files: Mapping[str, str]) -> None:
+    """The job's ``.hydra/`` record (file name -> YAML text), each file written atomically.
+
+    Written by the run entry, not by Hydra, and only for a run it trains: a skipped
+    run keeps its own record, and a crash leaves each file whole or absent."""
+    hyd = Path(run_dir) / HYDRA_DIR
+    hyd.mkdir(exist_ok=True)
+    for name, text in files.items():
+        atomic_write_bytes(hyd / name, text.encode())
 
 
 def _move_log(old: Path, new: Path) -> None:
@@ -314,5 +424,5 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
 
 def clear_results(run_dir: Path) -> None:
     """Remove a run's metrics, checkpoint and model: it starts again from epoch 1."""
-    for name in (EPOCHS_CSV, STEPS_CSV, CHECKPOINT, MODEL, BEST):
+    for name in RESULTS:
         (Path(run_dir) / name).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from . import cudagraph, rundir
+from . import cudagraph, rundir, runlock
 from .augment import normalize
 from .batches import make_batches
 from .compose import validate
@@ -70,7 +70,17 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
     """Train one run into ``run_dir``, resuming from its checkpoint if one matches ``config_hash``.
 
     Returns the summary dict (also written to ``summary.json``). Raises on errors;
-    the caller decides whether a failure is recorded or re-raised."""
+    the caller decides whether a failure is recorded or re-raised. A resumed run
+    trains with the intra-op thread count it started with (float sums depend on
+    it); the process's own count is restored after, for the next job."""
+    threads = torch.get_num_threads()
+    try:
+        return _fit(cfg, run_dir, config_hash, summary)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dict]) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = dict(summary or {})
@@ -113,7 +123,7 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
     cudagraph.lr_to_tensor(optimizer, device) if graphed else cudagraph.lr_to_float(optimizer)
     if start_epoch:
         log.info("resuming %s after epoch %d/%d", run_dir.name, start_epoch, t.epochs)
-    summary.update(_results(rows, select), seconds=seconds)
+    summary.update(_results(rows, select), seconds=seconds, threads=torch.get_num_threads(), heartbeat=runlock.now())
     best_acc = summary["best_val_acc"] if summary["best_val_acc"] is not None else -math.inf
     rundir.atomic_write_json(run_dir / rundir.SUMMARY_JSON, summary)
 
@@ -143,25 +153,31 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
         lr = float(optimizer.param_groups[0]["lr"])
         losses = torch.zeros(batches.steps, device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        lrs, diverged = [], False
+        lrs, diverged = [], None if math.isfinite(lr) else f"non-finite learning rate {lr} in epoch {epoch}"
         t0 = time.perf_counter()
-        for i, batch in enumerate(epoch_batches()):
-            lrs.append(_lr_now(optimizer) if schedule.interval == "step" else lr)  # epoch schedules: fixed
-            losses[i], c = step_fn(batch)
-            correct += c
-            schedule.after_step()
-            if (i + 1) % t.log_every == 0:  # the only mid-epoch host sync
-                running = losses[: i + 1].mean().item()
-                if not math.isfinite(running):
-                    diverged = True
-                    break
-                log.info("epoch %d step %d/%d loss %.4f", epoch, i + 1, batches.steps, running)
+        try:
+            for i, batch in enumerate(epoch_batches() if not diverged else ()):
+                losses[i], c = step_fn(batch)
+                lrs.append(_lr_now(optimizer) if schedule.interval == "step" else lr)  # epoch schedules: fixed
+                correct += c
+                schedule.after_step()
+                if (i + 1) % t.log_every == 0:  # the only mid-epoch host sync
+                    running = losses[: i + 1].mean().item()
+                    if not math.isfinite(running):
+                        diverged = f"non-finite training loss in epoch {epoch}"
+                        break
+                    log.info("epoch %d step %d/%d loss %.4f", epoch, i + 1, batches.steps, running)
+        except (RuntimeError, OverflowError) as e:  # the lr or an update too large for a float
+            if not _overflow(e):
+                raise
+            diverged = f"float overflow in epoch {epoch} ({str(e).splitlines()[0]})"
         n_steps = len(lrs)
         seen = sum(batches.sizes[:n_steps])  # a ragged last batch counts its own images
         train_loss = (losses[:n_steps] * step_images[:n_steps]).sum().item() / max(seen, 1)  # mean over images
         train_acc = correct.item() / max(seen, 1)
         train_seconds = time.perf_counter() - t0
-        diverged = diverged or not math.isfinite(train_loss)
+        if not diverged and not math.isfinite(train_loss):
+            diverged = f"non-finite training loss in epoch {epoch}"
         evaluated = not diverged and (epoch % t.eval_every == 0 or epoch == t.epochs)
         metrics = {f"{name}_{m}": v for name, (x, y) in splits.items() if evaluated
                    for m, v in zip(("loss", "acc"), evaluate(model, x, y, data, t, device, amp, channels_last))}
@@ -182,19 +198,19 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
         rows.append(row)
         log.info("epoch %d/%d lr %.3g | train loss %.4f acc %.2f%% | %s | %.1f s, %.0f img/s", epoch, t.epochs, lr,
                  train_loss, 100 * train_acc, _scores(metrics, splits), epoch_seconds, row["images_per_second"])
-        summary.update(_results(rows, select), seconds=seconds,
+        summary.update(_results(rows, select), seconds=seconds, heartbeat=runlock.now(),
                        step_mode="cuda_graph" if graphed and not step_fn.eager else "eager")
         if diverged:
-            summary.update(status="diverged", error=f"non-finite training loss in epoch {epoch}")
+            summary.update(status="diverged", error=diverged)
             rundir.atomic_write_json(run_dir / rundir.SUMMARY_JSON, summary)
-            log.warning("%s: diverged in epoch %d (non-finite loss); stopping this run", run_dir.name, epoch)
+            log.warning("%s: diverged (%s); stopping this run", run_dir.name, diverged)
             return summary
         if t.checkpoint_every and (epoch % t.checkpoint_every == 0 or epoch == t.epochs):
             rundir.save_checkpoint(run_dir, {
                 "config_hash": config_hash, "epoch": epoch, "seconds": seconds,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
-                "rng": rng_state(), "best_model": best_state})
+                "rng": rng_state(), "best_model": best_state, "threads": torch.get_num_threads()})
         rundir.atomic_write_json(run_dir / rundir.SUMMARY_JSON, summary)
 
     rundir.atomic_torch_save(model.state_dict(), run_dir / rundir.MODEL)
@@ -202,6 +218,12 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
     rundir.atomic_write_json(run_dir / rundir.SUMMARY_JSON, summary)
     release(device)
     return summary
+
+
+def _overflow(e: BaseException) -> bool:
+    """A float overflow: Python's OverflowError, or torch refusing a scalar too large for the tensor's dtype
+    (``value cannot be converted to type float without overflow``, e.g. Adam's lr / bias correction)."""
+    return isinstance(e, OverflowError) or "without overflow" in str(e)
 
 
 def _lr_now(optimizer: torch.optim.Optimizer) -> float | torch.Tensor:
@@ -290,6 +312,8 @@ def _resume(run_dir: Path, config_hash: str, model: torch.nn.Module, optimizer: 
             schedule.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         epoch = int(state["epoch"])
+        if state.get("threads"):  # the count the run started with: a resumed run equals an uninterrupted one
+            torch.set_num_threads(int(state["threads"]))
     except Exception as e:
         raise CheckpointError(f"{run_dir / rundir.CHECKPOINT} does not fit this run ({type(e).__name__}); "
                               "delete it to retrain this run from scratch") from None

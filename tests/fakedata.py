@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import struct
 from pathlib import Path
@@ -47,8 +48,34 @@ def make_mnist_like(root: Path, folder: str = "FashionMNIST", n_train: int = 64,
     return raw
 
 
+class _Py2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2's cPickle wrote the official CIFAR-10 batches: every string a byte string
+    (``BINSTRING``; Python 3 would call ``_codecs.encode``), numpy under its 1.x name ``numpy.core``."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_string(self, obj: bytes | str) -> None:
+        data = obj if isinstance(obj, bytes) else obj.encode("latin-1")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_string
+    dispatch[str] = save_py2_string
+
+
+def py2_pickle(obj: object) -> bytes:
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    # GLOBAL opcodes are newline-terminated text: the module can be renamed in place.
+    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
 def make_cifar10(root: Path, n_per_batch: int = 20, n_test: int = 20, seed: int = 0) -> Path:
-    """``<root>/cifar-10-batches-py/`` with 5 data batches, test_batch and batches.meta; returns that dir."""
+    """``<root>/cifar-10-batches-py/`` with 5 data batches, test_batch and batches.meta, pickled the way the
+    official files are (Python 2, protocol 2); returns that dir."""
     rng = np.random.default_rng(seed)
     base = Path(root) / "cifar-10-batches-py"
     base.mkdir(parents=True, exist_ok=True)
@@ -56,10 +83,8 @@ def make_cifar10(root: Path, n_per_batch: int = 20, n_test: int = 20, seed: int 
     for name in names:
         n = n_test if name == "test_batch" else n_per_batch
         x, y = _patterned(n, 10, (3, 32, 32), rng)
-        with open(base / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": [int(v) for v in y],
-                         b"data": x.reshape(n, -1), b"filenames": [b"x.png"] * n}, f)
-    with open(base / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog",
-                                      b"horse", b"ship", b"truck"]}, f)
+        (base / name).write_bytes(py2_pickle({"batch_label": name, "labels": [int(v) for v in y],
+                                              "data": x.reshape(n, -1), "filenames": ["x.png"] * n}))
+    (base / "batches.meta").write_bytes(py2_pickle({"label_names": ["airplane", "automobile", "bird", "cat", "deer",
+                                                                    "dog", "frog", "horse", "ship", "truck"]}))
     return base

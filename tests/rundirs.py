@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ablate import rundir
+from ablate import rundir, runlock
 
 GROUP_DEFAULTS = {"dataset": "fashion_mnist_mini", "model": "cnn3", "optimizer": "adam", "scheduler": "cosine",
                   "augment": "flip_crop", "regularization": "none", "trainer": "default", "report": "default"}
@@ -121,7 +121,8 @@ def write_run(sweep: Path, overrides: Sequence[str] = (), test_acc: Sequence[flo
             "final_train_eval_acc": trains[-1] if trains else None,
             "final_train_acc": train_acc[-1] if n else None, "seconds": epoch_seconds * n,
             "images_per_second": images_per_second if n else None, "device": "cpu", "torch_version": "x",
-            "seed": int(config["trainer"]["seed"]), "run_dir": str(run)})
+            "seed": int(config["trainer"]["seed"]), "run_dir": str(run),
+            **(runlock.owner() if status == "running" else {})})  # a running run: this live process writes it
     return run
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections import Counter
 
@@ -12,7 +13,7 @@ import torch
 from ablate import data as D
 from ablate.config import ConfigError
 from ablate.data import DataError, load_dataset, stratified_sample
-from fakedata import make_cifar10, make_mnist_like, write_idx
+from fakedata import make_cifar10, make_mnist_like, py2_pickle, write_idx
 
 
 @pytest.fixture(autouse=True)
@@ -158,6 +159,77 @@ def test_corrupt_gzip_and_stray_labels_name_the_file(tmp_path):
     write_idx(raw, "train", np.zeros((4, 28, 28), np.uint8), np.array([0, 1, 2, 200]), gz=True)
     with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz: label 200 out of range"):
         load_dataset(cfg, root)
+
+
+# --------------------------------------------------------------------------- unsafe or damaged files
+def test_cifar_batches_in_the_official_python2_format_and_numpy2_pickles_load(tmp_path):
+    base = make_cifar10(tmp_path, n_per_batch=10, n_test=10)  # Python 2 protocol 2, numpy.core names
+    assert b"cnumpy.core.multiarray\n_reconstruct\n" in (base / "data_batch_1").read_bytes()
+    official = load_dataset(ds("cifar10", "cifar10", mean=[0.5] * 3, std=[0.2] * 3), dict(root=str(tmp_path)))
+    d = pickle.load(open(base / "test_batch", "rb"), encoding="bytes")
+    with open(base / "test_batch", "wb") as f:  # as numpy 2 writes it today (numpy._core)
+        pickle.dump(d, f)
+    again = load_dataset(ds("cifar10", "cifar10", mean=[0.5] * 3, std=[0.2] * 3), dict(root=str(tmp_path)))
+    assert torch.equal(official.test_x, again.test_x) and official.test_x.shape == (10, 3, 32, 32)
+
+
+def test_a_crafted_cifar_pickle_is_refused_and_its_payload_never_runs(tmp_path):
+    base = make_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (base / "data_batch_2").write_bytes(py2_pickle({"data": Payload(), "labels": [0]}))  # the official format
+    with pytest.raises(DataError) as e:
+        load_dataset(ds("cifar10", "cifar10", mean=[0.5] * 3, std=[0.2] * 3), dict(root=str(tmp_path)))
+    assert not marker.exists()
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{base / 'data_batch_2'}: not a readable CIFAR-10 batch")
+    assert "refused posix.system" in msg
+
+
+def test_a_damaged_embedded_data_file_is_one_line(tmp_path, monkeypatch):
+    """Truncated anywhere, or one bit flipped anywhere: one line naming the file, or (a flip in a field
+    nothing reads, such as a timestamp) exactly the original arrays: never a traceback, never other data."""
+    cfg, root = ds("fashion_mnist_mini", "embedded", mean=[0.3], std=[0.3]), dict(root=str(tmp_path))
+    original = load_dataset(cfg, root)
+    good = D.EMBEDDED.read_bytes()
+    bad = tmp_path / "fashion_mnist_mini.npz"
+    monkeypatch.setattr(D, "EMBEDDED", bad)
+    rng = np.random.default_rng(0)
+    flipped = []
+    for pos in rng.integers(len(good), size=12):
+        b = bytearray(good)
+        b[pos] ^= 1 << int(rng.integers(8))
+        flipped.append(bytes(b))
+    refused = 0
+    for blob in [good[:n] for n in (0, 100, len(good) // 2, len(good) - 10)] + flipped:
+        bad.write_bytes(blob)
+        try:
+            d = load_dataset(cfg, root)
+        except DataError as e:
+            assert "\n" not in str(e) and str(bad) in str(e) and "reinstall ablate" in str(e)
+            refused += 1
+            continue
+        assert torch.equal(d.train_x, original.train_x) and torch.equal(d.test_y, original.test_y)
+    assert refused >= 12
+
+
+def test_presence_is_checked_without_reading_the_data(tmp_path):
+    from ablate.compose import validate
+    from conftest import make_cfg
+
+    raw = make_mnist_like(tmp_path, "MNIST")
+    cfg = make_cfg(["dataset=mnist", f"data.root={tmp_path}"])
+    (raw / "train-images-idx3-ubyte").write_bytes(b"damage is found when the run loads it")
+    validate(cfg)  # present: that is all a launch checks up front
+    (raw / "train-images-idx3-ubyte").unlink()
+    with pytest.raises(DataError, match=f"mnist: not found in {tmp_path / 'MNIST' / 'raw'}"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=r"dataset.classes=\[0, 12\] is invalid"):
+        validate(make_cfg(["dataset=cifar2", "dataset.classes=[0,12]", f"data.root={tmp_path}"]))
 
 
 # --------------------------------------------------------------------------- the validation split

@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import ROOT, make_cfg, run_cli
 
-from ablate import report, rundir
+from ablate import report, rundir, runlock
 from ablate.config import ConfigError
 from ablate.config import config_hash
 from ablate.rundir import CheckpointError
@@ -198,7 +198,8 @@ def test_five_random_kills_then_resume_lose_nothing(tmp_path, reference):
                 assert p.read_text().endswith("\n") and len(rows) == p.read_text().count("\n") - 1
             if s["status"] == "completed" and name not in completed:
                 completed[name] = _fingerprint(run)
-        report.load_runs([sweep])  # the report reads the sweep at any instant
+        # The report reads the sweep at any instant, and shows no run of the killed sweep as running.
+        assert "running" not in {r.status for r in report.load_runs([sweep])}
     assert kills >= 4, f"only {kills} kill(s) landed before the sweep ended"
 
     _ok(run_cli(_args(sweep, *SEEDS), cwd=tmp_path))
@@ -238,7 +239,7 @@ def test_crash_between_temp_write_and_rename_leaves_a_readable_run(tmp_path, ref
     assert summary["status"] == "running" and summary["epochs_done"] == 2
     assert pd.read_csv(run / rundir.EPOCHS_CSV).epoch.tolist() == [1, 2, 3]  # epoch 3's row was appended
     (r,) = report.load_runs([sweep])  # the leftover temp file does not confuse the report
-    assert r.status == "running" and r.epochs_done == 3
+    assert r.status == "interrupted" and r.epochs_done == 3  # its process is gone: never shown running
 
     _ok(run_cli([*args, NO_REPORT], cwd=tmp_path))
     assert not tmp.exists()
@@ -381,6 +382,8 @@ def test_bad_input_gets_one_clear_line(tmp_path):
     (["trainer.epochs=-2"], "trainer.epochs"),
     (["trainer.batch_size=0"], "trainer.batch_size"),
     (["optimizer.lr=0"], "optimizer.lr"),
+    (["optimizer.lr=inf"], "optimizer.lr"),
+    (["optimizer=sgd", "optimizer.lr=nan"], "optimizer.lr"),
     (["augment.erasing=-0.1"], "augment.erasing"),
     (["augment.hflip=1.5"], "augment.hflip"),
     (["scheduler=onecycle", "scheduler.max_lr=null"], "scheduler.max_lr"),
@@ -474,3 +477,260 @@ def test_every_run_resets_global_state_an_earlier_job_changed():
         assert torch.backends.cudnn.benchmark
     finally:
         prepare_backends(TrainerConf(), cpu)
+
+
+# --------------------------------------------------------------------------- one writer, records, dry run
+TINY_LENET = ["model=lenet", "trainer.epochs=1", "trainer.limit_batches=1", "trainer.batch_size=32",
+              "trainer.limit_eval_batches=1", "trainer.eval_batch_size=200"]
+
+
+@pytest.mark.slow
+def test_two_launchers_on_one_sweep_train_each_run_once(tmp_path):
+    """Two terminals launch the same sweep together: every run is trained by exactly one of them."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "model=lenet", "trainer.epochs=3", "trainer.limit_batches=2", "trainer.batch_size=32",
+            "trainer.limit_eval_batches=1", "trainer.eval_batch_size=200", "trainer.seed=0,1,2",
+            f"hydra.sweep.dir={sweep}", f"data.root={tmp_path / 'data'}"]
+    procs = [_popen(args, tmp_path) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=600) == 0
+    runs = _runs(sweep)
+    assert len(runs) == 3
+    for name, run in runs.items():
+        s = rundir.read_json(run / rundir.SUMMARY_JSON)
+        assert s["status"] == "completed", (name, s.get("error"))
+        assert pd.read_csv(run / rundir.EPOCHS_CSV).epoch.tolist() == [1, 2, 3], name
+        assert pd.read_csv(run / rundir.STEPS_CSV).step.tolist() == list(range(1, 7)), name
+        assert (run / "run.log").read_text().count("epoch 3/3 lr") == 1, name  # trained by one launcher
+    rows = pd.read_csv(sweep / "report" / "summary.csv")  # both reports read the sweep; the last one stays
+    assert len(rows) == 3 and set(rows["status"]) <= {"completed", "running"}
+
+
+@pytest.mark.slow
+def test_a_skipped_or_locked_run_keeps_its_files_and_record(tmp_path):
+    import socket
+
+    sweep = tmp_path / "sweep"
+    cmd = ["-m", *TINY_LENET, f"hydra.sweep.dir={sweep}", f"data.root={tmp_path / 'data'}", NO_REPORT]
+    _ok(run_cli(cmd, cwd=tmp_path))
+    (run,) = _runs(sweep).values()
+    hyd = run / rundir.HYDRA_DIR
+
+    def record() -> dict:
+        return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in hyd.iterdir()}
+
+    before, rec = _fingerprint(run), record()
+    assert sorted(rec) == ["config.yaml", "hydra.yaml", "overrides.yaml"] and b"log_every: 50" in rec["config.yaml"][1]
+    # A relaunch with another value of a key outside the identity: skipped, and its .hydra/ stays its own.
+    assert "already completed with this config; skipping" in _ok(run_cli([*cmd, "trainer.log_every=7"], cwd=tmp_path))
+    assert record() == rec
+    # Held by another live process (here: this one): skipped with one line, nothing touched.
+    line = f"{run.name}: running in another process, pid {os.getpid()} on {socket.gethostname()}; skipping"
+    with runlock.RunLock(run):
+        assert line in _ok(run_cli(cmd, cwd=tmp_path))
+        single = run_cli([*cmd[1:], f"hydra.run.dir='{run}'"], cwd=tmp_path)  # without -m: a non-zero exit
+        assert single.returncode == 1 and single.stderr.strip().splitlines()[-1] == f"ablate: {line}"
+    assert _fingerprint(run) == before and record() == rec
+
+
+@pytest.mark.slow
+def test_a_dry_run_checks_what_a_launch_checks(tmp_path):
+    """Ranges, cross-group checks and the data set's presence; every job's line, then a non-zero exit."""
+    def dry(*args: str) -> subprocess.CompletedProcess:
+        return run_cli([*args, "dry_run=true"], cwd=tmp_path)
+
+    for args, msg in [(["trainer.batch_size=0"], "trainer.batch_size=0 is invalid: must be > 0"),
+                      (["scheduler=plateau", "trainer.eval_every=2"], "trainer.eval_every=2 is invalid: "),
+                      (["dataset=mnist", f"data.root={tmp_path / 'none'}"], "mnist: not found in ")]:
+        p = dry(*args, f"hydra.run.dir={tmp_path / 'one'}")
+        assert p.returncode == 1 and p.stderr.strip().startswith(f"ablate: {msg}"), p.stderr
+        assert "\n" not in p.stderr.strip()
+    sweep = tmp_path / "sweep"
+    p = dry("-m", "trainer.batch_size=0,16", "optimizer.lr=-1,0.01", f"hydra.sweep.dir={sweep}")
+    assert p.returncode == 1
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("[dry run]")]
+    assert [ln.split(" (", 1)[1] for ln in lines] == [
+        "refused: ablate: trainer.batch_size=0 is invalid: must be > 0)",
+        "refused: ablate: trainer.batch_size=0 is invalid: must be > 0)",
+        "refused: ablate: optimizer.lr=-1.0 is invalid: must be > 0)",
+        "new)"]
+    assert not [p for p in sweep.rglob("*") if p.name in (rundir.HYDRA_DIR, runlock.LOCK, rundir.SUMMARY_JSON)]
+
+
+# --------------------------------------------------------------------------- overflow, threads, the command
+def test_float_overflow_of_the_update_is_divergence_not_failure(cfg_factory, tmp_path):
+    """Adam's lr / bias correction overflows float32 at lr 1e38: torch refuses the scalar in the step."""
+    s = fit(cfg_factory("model=lenet", "optimizer=adam", "optimizer.lr=1e38", "trainer.limit_batches=2"),
+            tmp_path, "h")
+    assert s["status"] == "diverged" and s["error"].startswith("float overflow in epoch 1")
+    assert s["epochs_done"] == 1 and rundir.read_json(tmp_path / rundir.SUMMARY_JSON)["status"] == "diverged"
+    assert not (tmp_path / rundir.MODEL).exists()
+
+
+def test_a_resumed_run_trains_with_the_thread_count_it_started_with(cfg_factory, tmp_path, monkeypatch):
+    """Started on 1 thread, killed while checkpointing epoch 2, resumed by a process on 2 threads:
+    the rows and the model equal an uninterrupted 1-thread run's (float sums depend on the count)."""
+    cfg = cfg_factory("model=lenet", "trainer.epochs=2", "trainer.limit_batches=2")
+    threads = torch.get_num_threads()
+    real = rundir.save_checkpoint
+
+    def killed_at_epoch_2(run_dir, state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt  # the process dies here; epoch 2's rows are already appended
+        real(run_dir, state)
+
+    try:
+        torch.set_num_threads(1)
+        whole = fit(cfg, tmp_path / "whole", "h")
+        monkeypatch.setattr(rundir, "save_checkpoint", killed_at_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg, tmp_path / "resumed", "h")
+        monkeypatch.undo()
+        torch.set_num_threads(2)
+        resumed = fit(cfg, tmp_path / "resumed", "h")
+        assert torch.get_num_threads() == 2  # the process's own count, back for its next job
+    finally:
+        torch.set_num_threads(threads)
+    assert whole["threads"] == resumed["threads"] == 1
+    assert torch.load(tmp_path / "resumed" / rundir.CHECKPOINT, weights_only=True)["threads"] == 1
+    pd.testing.assert_frame_equal(_epochs(tmp_path / "resumed"), _epochs(tmp_path / "whole"))
+    a, b = (torch.load(d / rundir.MODEL, weights_only=True) for d in (tmp_path / "resumed", tmp_path / "whole"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_the_printed_report_command_is_shell_quoted(tmp_path, capsys):
+    import shlex
+
+    from ablate.callbacks import ReportCallback
+    from ablate.compose import compose
+
+    sweep = tmp_path / "my sweeps" / "it's; rm -rf ~"
+    cfg = compose([f"hydra.sweep.dir='{sweep}'".replace("'s;", "\\'s;")], return_hydra_config=True)
+    assert cfg.hydra.sweep.dir == str(sweep)
+    ReportCallback().on_multirun_start(cfg)
+    command = capsys.readouterr().out.split("any time: ", 1)[1].strip()[:-1]  # (... any time: CMD)
+    assert shlex.split(command) == ["python", "-m", "ablate.report", str(sweep)]
+
+
+# --------------------------------------------------------------------------- a full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1.2 MiB filesystem: room for one LeNet checkpoint (750 kB), not for a second."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_sweep_with_a_report_and_no_run_left_running(tmp_path, small_disk):
+    sweep = small_disk / "sweep"
+    common = ["model=lenet", "trainer.epochs=2", "trainer.limit_batches=1", "trainer.batch_size=32",
+              "trainer.limit_eval_batches=1", "trainer.eval_batch_size=200", f"data.root={tmp_path / 'data'}"]
+    out = _ok(run_cli(["-m", *common, "trainer.seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path))
+    runs = _runs(sweep)
+    assert len(runs) == 2 and "Report: " in out
+    for name, run in runs.items():
+        s = rundir.read_json(run / rundir.SUMMARY_JSON)
+        assert s["status"] == "failed", (name, s)
+        assert s["error"] == f"OSError: [Errno 28] No space left on device: '{run / rundir.CHECKPOINT}'"
+        assert rundir.read_rows(run / rundir.EPOCHS_CSV)  # what fitted is kept
+    rows = pd.read_csv(sweep / "report" / "summary.csv")
+    assert sorted(rows["status"]) == ["failed", "failed"]
+    # A single run (no -m) on the full disk exits non-zero with the same line.
+    single = run_cli([*common, f"hydra.run.dir={small_disk / 'single'}"], cwd=tmp_path)
+    assert single.returncode == 1
+    assert single.stderr.strip().splitlines()[-1] == (
+        f"ablate: single failed: OSError: [Errno 28] No space left on device: '{small_disk / 'single' / rundir.CHECKPOINT}'")
+    assert rundir.read_json(small_disk / "single" / rundir.SUMMARY_JSON)["status"] == "failed"
+
+
+# --------------------------------------------------------------------------- the report
+_KILL_IN_REPORT = """
+import os, sys
+from ablate import report, rundir
+real = rundir.atomic_write_bytes
+def write(path, data):
+    if os.path.basename(path) == "report.md":
+        os._exit(137)  # killed with summary.csv and the curves of the new report written, the rest not
+    real(path, data)
+rundir.atomic_write_bytes = write
+report.make_report([sys.argv[1]])
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_report_leaves_the_previous_one_whole_and_its_leftovers_go(tmp_path):
+    import rundirs
+
+    sweep = rundirs.sweep(tmp_path / "s", {"step": [0.8, 0.81], "cosine": [0.82, 0.83]})
+    out = report.make_report([sweep]).parent
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rundirs.write_run(sweep, ["scheduler=plateau", "trainer.seed=0"], rundirs.curve(0.9))  # the sweep moves on
+    proc = subprocess.run([sys.executable, "-c", _KILL_IN_REPORT, str(sweep)], env=_env(), capture_output=True)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous report, whole
+    (left,) = sweep.glob(".report.*.tmp")  # the half-built one, hidden beside it
+    assert (left / "summary.csv").exists() and not (left / "index.html").exists()
+    assert len(report.load_runs([sweep])) == 5  # the leftover is no run
+
+    busy = sweep / ".report.0000beef.tmp"  # another report still building: left alone
+    busy.mkdir()
+    fd = os.open(busy, os.O_RDONLY)
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        report.make_report([sweep])
+    finally:
+        os.close(fd)
+    assert not left.exists() and busy.exists()
+    rows = pd.read_csv(out / "summary.csv")
+    assert len(rows) == 5 and "plateau" in (out / "index.html").read_text()  # one generation: both see 5 runs
+    assert "plateau" in (out / "report.md").read_text()
+
+
+def test_a_read_only_sweep_gets_one_line_not_a_traceback(tmp_path, capsys):
+    import rundirs
+
+    from ablate.report.cli import main as report_main
+
+    src = rundirs.sweep(tmp_path / "s", {"step": [0.8, 0.81], "cosine": [0.82, 0.83]})
+    sweep = tmp_path / "ro"
+    sweep.mkdir()
+    if os.geteuid() == 0:  # root writes through permissions: a read-only bind mount
+        if subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(sweep)], capture_output=True).returncode:
+            pytest.skip("cannot make a read-only bind mount here")
+    else:
+        sweep.rmdir()
+        sweep = src
+        os.chmod(sweep, 0o555)
+    try:
+        assert report_main([str(sweep), "--no-arm-panels"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"ablate.report: cannot write the report to {sweep / 'report'} (") and "\n" not in err
+        assert "give --out DIR" in err
+        assert report_main([str(sweep), "--no-arm-panels", "--out", str(tmp_path / "elsewhere")]) == 0
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(sweep)], check=False)
+        else:
+            os.chmod(sweep, 0o755)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_report_files_get_the_permissions_the_umask_gives(tmp_path, umask):
+    import rundirs
+
+    sweep = rundirs.sweep(tmp_path / "s", {"step": [0.8, 0.81], "cosine": [0.82, 0.83]})
+    old = os.umask(umask)
+    try:
+        out = report.make_report([sweep], arm_panels=False).parent
+    finally:
+        os.umask(old)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {oct(0o666 & ~umask)}

@@ -145,17 +145,20 @@ def test_dry_run_lists_every_job_and_trains_nothing(tmp_path):
         d.mkdir(parents=True)
         h = config_hash(make_cfg(["experiment=birds_vs_planes", *overrides], tiny=False))
         (d / "summary.json").write_text(json.dumps({**state, "config_hash": h}))
-    out = _ok(run_cli(["-m", "experiment=birds_vs_planes", "dry_run=true", f"hydra.sweep.dir={sweep}"],
-                      cwd=tmp_path))
+    from fakedata import make_cifar10
+
+    make_cifar10(tmp_path / "data")  # a dry run checks the data set is there, as a launch does
+    out = _ok(run_cli(["-m", "experiment=birds_vs_planes", "dry_run=true", f"hydra.sweep.dir={sweep}",
+                       f"data.root={tmp_path / 'data'}"], cwd=tmp_path))
     lines = [ln for ln in out.splitlines() if ln.startswith("[dry run]")]
     assert len(lines) == 4 * 3
     dirs = {ln.split(" -> ")[1].rsplit(" (", 1)[0] for ln in lines}
     assert len(dirs) == 12 and all(Path(d).parent == sweep for d in dirs)
     assert str(sweep / "experiment=birds_vs_planes,regularization=l2,variant=batchnorm") in dirs
     assert sum(ln.endswith("(already completed: would skip)") for ln in lines) == 1
-    assert sum(ln.endswith("(running after 3 epoch(s): would resume)") for ln in lines) == 1
+    assert sum(ln.endswith("(interrupted after 3 epoch(s): would resume)") for ln in lines) == 1  # no writer
     assert sum(ln.endswith("(new)") for ln in lines) == 10
-    assert all("dry_run" not in ln.split(" -> ")[0] for ln in lines)
+    assert all(" dry_run=" not in ln.split(" -> ")[0] for ln in lines)
     # Nothing trained, no Hydra record written, no report.
     assert not list(sweep.rglob(".hydra")) and not list(sweep.rglob("epochs.csv"))
     assert len(list(sweep.rglob("summary.json"))) == 2

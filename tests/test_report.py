@@ -19,7 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 
 import rundirs
-from ablate import report, stats
+from ablate import report, runlock, stats
 from ablate.callbacks import ReportCallback
 from ablate.config import ConfigError, ReportConf
 from ablate.report.cli import main as report_main
@@ -165,6 +165,23 @@ def test_every_health_flag(tmp_path):
     assert "Flags: 1 failed, 1 diverged, 1 incomplete, 1 still improving, 1 overfitting." in md
     assert "| model=b,trainer.seed=0 | failed | failed | RuntimeError: CUDA out of memory | no |" in md
     assert "model=c has 2 finished seeds" in md
+
+
+def test_a_run_whose_writer_died_is_interrupted_and_flags_nothing_else(tmp_path):
+    """summary.json still says running; no live process holds the run: it is shown interrupted, and its
+    partial epochs (train 0.9 vs test 0.3 after one of three) raise no overfitting flag."""
+    sweep = tmp_path / "s"
+    live = rundirs.write_run(sweep, ["trainer.seed=0"], [0.3], train_acc=[0.9], epochs_planned=3, status="running")
+    dead = rundirs.write_run(sweep, ["trainer.seed=1"], [0.3], train_acc=[0.9], epochs_planned=3, status="running")
+    with runlock.RunLock(dead):
+        pass  # its writer took the lock, then died (the kernel dropped the lock)
+    with runlock.RunLock(live):
+        rep = report.build([sweep], plots=False)
+    runs = {r.path: r for r in rep.runs}
+    assert (runs[live].status, runs[dead].status) == ("running", "interrupted")
+    assert runs[live].flags == {"incomplete": "1/3 epochs (running)"}
+    assert runs[dead].flags == {"incomplete": "1/3 epochs (interrupted)"}
+    assert list(report.summary_frame(rep)["status"]) == ["running", "interrupted"]
 
 
 def test_partial_sweep_still_reports(tmp_path):

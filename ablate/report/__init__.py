@@ -31,7 +31,8 @@ from .. import rundir
 from ..config import ReportConf
 from .analysis import Report, analyse, compare_levels, factor_values, ranked_arms, varying_keys
 from .figures import figures as draw_figures  # not `figures`: that name is the submodule
-from .panels import ArmPanel, clear_panels, draw_arm_panels, representative_run
+from .generation import write_generation
+from .panels import ArmPanel, draw_arm_panels, representative_run
 from .runs import REPORT_DIR, ReportError, Run, conf_from_runs, find_runs, flag, load_run, load_runs
 from .tables import flags_frame, html_page, markdown, summary_frame
 
@@ -58,21 +59,25 @@ def build(sweeps: Sequence[Path | str], conf: ReportConf | None = None, plots: b
 
 
 def write(rep: Report, out: Path) -> Path:
-    """Write report/ (summary.csv, report.md, PNGs, best/worst arm panels, index.html); returns index.html."""
+    """Write report/ (summary.csv, report.md, PNGs, best/worst arm panels, index.html) as one generation
+    (:mod:`.generation`); returns index.html. A folder that cannot be written is a one-line ReportError."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write_bytes(out / "summary.csv", summary_frame(rep).to_csv(index=False).encode())
-    for name, _, png in rep.figures:
-        rundir.atomic_write_bytes(out / name, png)
-    clear_panels(out)  # an earlier report's panels must not outlive it
-    rep.panels, rep.panels_note = [], None
-    if rep.conf.arm_panels:
-        draw_arm_panels(rep, out)
-    rundir.atomic_write_bytes(out / "report.md", markdown(rep).encode())
-    rundir.atomic_write_bytes(out / "index.html", html_page(rep, out).encode())
-    for p in out.iterdir():
-        if p.is_file():
-            p.chmod(0o644)  # mkstemp made them private; a report is meant to be read and served
+
+    def fill(folder: Path) -> None:
+        rundir.atomic_write_bytes(folder / "summary.csv", summary_frame(rep).to_csv(index=False).encode())
+        for name, _, png in rep.figures:
+            rundir.atomic_write_bytes(folder / name, png)
+        rep.panels, rep.panels_note = [], None
+        if rep.conf.arm_panels:
+            draw_arm_panels(rep, folder)
+        rundir.atomic_write_bytes(folder / "report.md", markdown(rep).encode())
+        rundir.atomic_write_bytes(folder / "index.html", html_page(rep, folder).encode())
+
+    try:
+        write_generation(out, fill)
+    except OSError as e:
+        raise ReportError(f"cannot write the report to {out} ({e.strerror or e}); "
+                          "give --out DIR somewhere writable") from None
     return out / "index.html"
 
 

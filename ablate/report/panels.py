@@ -65,13 +65,6 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def clear_panels(out: Path) -> None:
-    """Remove an earlier report's panel files from ``out``."""
-    for role in PANEL_ROLES:
-        for name in PANEL_FILES.values():
-            (out / f"{role}_{name}").unlink(missing_ok=True)
-
-
 def draw_arm_panels(rep: Report, out: Path) -> None:
     """Confusion matrix and Grad-CAM of the best and the worst arm into ``out`` (``best_*``, ``worst_*``).
 

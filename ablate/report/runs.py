@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import rundir
+from .. import rundir, runlock
 from ..rundir import REPORT_DIR, find_runs  # noqa: F401  (part of the report API)
 from ..config import ReportConf, typed
 
@@ -155,7 +155,7 @@ def load_run(path: Path, sweep: Path, conf: ReportConf | None = None) -> Run:
         seed = None
     planned = summary.get("epochs_planned") or trainer.get("epochs")
     run = Run(path=path, sweep=sweep, overrides=overrides, choices=rundir.read_choices(path, summary),
-              config=config, seed=seed, status=summary.get("status") or "no summary.json",
+              config=config, seed=seed, status=runlock.shown_status(path, summary) or "no summary.json",
               error=summary.get("error"), traceback=summary.get("traceback"), params=summary.get("params"),
               mult_adds=summary.get("mult_adds"),
               epochs_planned=int(planned) if planned else None)
@@ -197,7 +197,8 @@ def flag(run: Run, conf: ReportConf) -> None:
         run.flags["diverged"] = run.error or f"non-finite loss{where}"
     if "failed" not in run.flags and "diverged" not in run.flags:
         short = run.epochs_planned is not None and run.epochs_done < run.epochs_planned
-        if short or (run.status == "running" and run.epochs_planned is None) or run.final_test_acc is None:
+        unfinished = run.status in ("running", "interrupted") and run.epochs_planned is None
+        if short or unfinished or run.final_test_acc is None:
             of = f"/{run.epochs_planned}" if run.epochs_planned else ""
             run.flags["incomplete"] = f"{run.epochs_done}{of} epochs ({run.status})"
         elif run.epochs is not None and run.best_epoch is not None:
@@ -205,7 +206,8 @@ def flag(run: Run, conf: ReportConf) -> None:
             last_eval = int(run.epochs["epoch"][np.isfinite(run.epochs["test_acc"].to_numpy(dtype=float))].max())
             if n_eval >= 2 and run.best_epoch == last_eval:
                 run.flags["still improving"] = f"best test accuracy at the last epoch ({last_eval})"
-        if run.gap_final is not None and run.gap_final > conf.overfit_gap:
+        # Judged on a run's final epoch only: an interrupted run's last rows are no verdict on it.
+        if "incomplete" not in run.flags and run.gap_final is not None and run.gap_final > conf.overfit_gap:
             run.flags["overfitting"] = (f"train - test accuracy {100 * run.gap_final:.1f} points "
                                         f"> {100 * conf.overfit_gap:.1f}")
 
