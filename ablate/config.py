@@ -270,8 +270,40 @@ class InspectConf:
         positive("inspect", self, "images", "channels", "batch_size")
 
 
+@dataclass
+class TensorBoardConf:
+    log_dir: Optional[str] = None  # None = RUN_DIR/tensorboard; else LOG_DIR/<run dir name>
+
+
+@dataclass
+class MlflowConf:
+    tracking_uri: str = "outputs/mlruns"  # a directory (local file store), sqlite:///FILE or http(s)://SERVER
+    experiment: str = "ablate"
+    log_model: bool = True  # model.pt as an artifact (next to epochs.csv, steps.csv, summary.json)
+
+
+@dataclass
+class LoggerConf:
+    """Where a run reports while it trains (``conf/logger/``): the terminal always, the run directory's CSVs
+    always, TensorBoard and MLflow when their node is set. Never part of a run's identity."""
+
+    progress: str = "auto"  # auto: a bar in a terminal, plain lines otherwise; bar; lines; none
+    poll_seconds: float = 2.0  # how often a sweep's launching process reads its run dirs for `k/N runs done`
+    tensorboard: Optional[TensorBoardConf] = None
+    mlflow: Optional[MlflowConf] = None
+
+    def __post_init__(self) -> None:
+        one_of("logger.progress", self.progress, ("auto", "bar", "lines", "none"))
+        positive("logger", self, "poll_seconds")
+        if isinstance(self.tensorboard, dict):  # typed() hands nested nodes over as plain mappings
+            self.tensorboard = typed(self.tensorboard, TensorBoardConf)
+        if isinstance(self.mlflow, dict):
+            self.mlflow = typed(self.mlflow, MlflowConf)
+
+
 for _group, _schema in (("trainer", TrainerConf), ("regularization", RegularizationConf), ("dataset", DatasetConf),
-                        ("augment", AugmentConf), ("report", ReportConf), ("inspect", InspectConf)):
+                        ("augment", AugmentConf), ("report", ReportConf), ("inspect", InspectConf),
+                        ("logger", LoggerConf)):
     store_schema(_group, "base", _schema)
 
 
@@ -361,6 +393,8 @@ def _register_resolvers() -> None:
         "multiply": lambda a, b: float(a) * float(b),
         # hydra.output_subdir: a dry run writes no .hydra/, so it never touches a real run's record.
         "ablate_hydra_subdir": lambda dry_run: None if dry_run else ".hydra",
+        # Log lines name their job (the run directory's name): parallel jobs share one terminal.
+        "ablate_job": lambda output_dir: Path(str(output_dir)).name,
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

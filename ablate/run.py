@@ -25,6 +25,7 @@ from . import compose as _schemas  # noqa: F401  (registers every group's schema
 from . import rundir
 from .config import PRESET_GROUPS, RUN_GROUPS, ConfigError, config_hash
 from .data import DataError
+from .progress import print_result
 from .rundir import CheckpointError
 
 log = logging.getLogger("ablate")
@@ -81,16 +82,21 @@ def run(cfg: DictConfig) -> float:
     rundir.remove_stale_temps(run_dir)
     if prev is not None and prev.get("status") in ("completed", "diverged"):
         log.info("%s: already %s with this config; skipping", run_dir.name, prev["status"])
+        if not multirun:
+            print_result(dict(prev, run_dir=str(run_dir)))
         acc = prev.get("final_test_acc")
         return float(acc) if prev["status"] == "completed" and acc is not None else float(cfg.trainer.failure_value)
 
     from .device import release  # torch: only once there is a run to train
+    from .events import for_run
     from .train import fit
 
     summary = {"status": "running", "overrides": overrides, "choices": choices,
                "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": h, "run_dir": str(run_dir)}
+    observer = None
     try:
-        summary = fit(cfg, run_dir, h, summary)
+        observer = for_run(cfg, multirun)  # progress, and the trackers cfg.logger names
+        summary = fit(cfg, run_dir, h, summary, observer)
     except Exception as e:
         if cfg.trainer.get("fail_fast"):
             raise
@@ -101,7 +107,11 @@ def run(cfg: DictConfig) -> float:
         log.error("%s failed: %s\n%s", run_dir.name, summary["error"], summary["traceback"])
         return float(cfg.trainer.failure_value)
     finally:
+        if observer is not None:
+            observer.on_end(summary)
         release()
+        if not multirun:
+            print_result(summary)  # a single run ends naming its directory and accuracy
     if summary["status"] != "completed":
         return float(cfg.trainer.failure_value)
     acc = summary.get("final_test_acc")

@@ -31,6 +31,7 @@ from .config import TrainerConf
 from .data import TensorData, load_dataset
 from .device import (prepare_backends, release, resolve_device, rng_state, seed_everything, set_rng_state,
                      use_amp, use_channels_last)
+from .events import Observer
 from .models import build_model, count_parameters
 from .optim import Schedule, build_optimizer, build_scheduler, speed_flags
 from .rundir import CheckpointError
@@ -61,12 +62,15 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: Ten
     return loss_sum.item() / n, correct.item() / n
 
 
-def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional[dict] = None) -> dict:
+def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional[dict] = None,
+        observer: Optional[Observer] = None) -> dict:
     """Train one run into ``run_dir``, resuming from its checkpoint if one matches ``config_hash``.
 
     Returns the summary dict (also written to ``summary.json``). Raises on errors;
-    the caller decides whether a failure is recorded or re-raised."""
+    the caller decides whether a failure is recorded or re-raised. ``observer`` hears
+    the progress (:mod:`ablate.events`); its owner ends it."""
     run_dir = Path(run_dir)
+    observer = observer or Observer()
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = dict(summary or {})
     groups = validate(cfg)
@@ -99,6 +103,7 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
         log.info("resuming %s after epoch %d/%d", run_dir.name, start_epoch, t.epochs)
     summary.update(_results(rows), seconds=seconds)
     rundir.atomic_write_json(run_dir / rundir.SUMMARY_JSON, summary)
+    observer.on_start(run_dir, summary, t.epochs, batches.steps, start_epoch)
 
     def train_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if channels_last:
@@ -137,7 +142,7 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
                 if not math.isfinite(running):
                     diverged = True
                     break
-                log.info("epoch %d step %d/%d loss %.4f", epoch, i + 1, batches.steps, running)
+                observer.on_step(epoch, i + 1, running)
         n_steps, seen = len(lrs), len(lrs) * batches.batch_size
         train_loss = losses[:n_steps].mean().item()
         train_acc = correct.item() / max(seen, 1)
@@ -153,16 +158,12 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
         row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                    test_acc=test_acc, epoch_seconds=epoch_seconds, images_per_second=seen / train_seconds)
         step_loss, step_lr = losses[:n_steps].tolist(), _host(lrs)
-        rundir.append_rows(run_dir / rundir.STEPS_CSV, rundir.STEP_COLUMNS,
-                           [dict(step=step + j + 1, epoch=epoch, lr=step_lr[j], loss=step_loss[j])
-                            for j in range(n_steps)])
+        step_rows = [dict(step=step + j + 1, epoch=epoch, lr=step_lr[j], loss=step_loss[j]) for j in range(n_steps)]
+        rundir.append_rows(run_dir / rundir.STEPS_CSV, rundir.STEP_COLUMNS, step_rows)
         rundir.append_rows(run_dir / rundir.EPOCHS_CSV, rundir.EPOCH_COLUMNS, [row])
         step += n_steps
         rows.append(row)
-        log.info("epoch %d/%d lr %.3g | train loss %.4f acc %.2f%% | test loss %s acc %s | %.1f s, %.0f img/s",
-                 epoch, t.epochs, lr, train_loss, 100 * train_acc,
-                 "-" if test_loss is None else f"{test_loss:.4f}",
-                 "-" if test_acc is None else f"{100 * test_acc:.2f}%", epoch_seconds, row["images_per_second"])
+        observer.on_epoch_end(row, step_rows)
         summary.update(_results(rows), seconds=seconds,
                        step_mode="cuda_graph" if graphed and not step_fn.eager else "eager")
         if diverged:
