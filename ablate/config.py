@@ -400,4 +400,30 @@ def _register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
+# ``hydra/sweeper=optuna`` maximises unless told otherwise: a run returns its test accuracy. The plugin's
+# default is to minimise. The class is at module level so the joblib launcher can pickle the ConfigStore.
+try:
+    from hydra_plugins.hydra_optuna_sweeper.config import Direction, OptunaSweeperConf
+except ImportError:  # the optional extra is not installed
+    OptunaSweeperConf = None
+
+if OptunaSweeperConf is not None:
+    @dataclass
+    class MaximisingOptunaSweeperConf(OptunaSweeperConf):
+        direction: Any = Direction.maximize
+
+
+def store_sweeper_defaults() -> None:
+    """Store the Optuna sweeper's schema again with ``direction: maximize`` (``hydra.sweeper.direction=...``
+    still wins). Hydra's plugin scan re-executes plugin modules, which store their own schema; it runs once
+    per process, so it is run first here."""
+    if OptunaSweeperConf is None:
+        return
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()
+    ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=MaximisingOptunaSweeperConf,
+                                 provider="ablate")
+
+
 _register_resolvers()
