@@ -31,7 +31,16 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 T = TypeVar("T")
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the config groups (an editable install keeps them here)
+
+
+def _conf_dir() -> Path:
+    """The config groups: ``ablate/conf`` in an installed wheel (setup.py maps the top-level ``conf/`` there),
+    the checkout's top-level ``conf/`` otherwise (a clone, an editable install)."""
+    package = Path(__file__).resolve().parent
+    return package / "conf" if (package / "conf").is_dir() else package.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 class ConfigError(ValueError):
@@ -395,9 +404,17 @@ def _register_resolvers() -> None:
         "ablate_hydra_subdir": lambda dry_run: None if dry_run else ".hydra",
         # Log lines name their job (the run directory's name): parallel jobs share one terminal.
         "ablate_job": lambda output_dir: Path(str(output_dir)).name,
+        "ablate_groups": lambda: config_groups_text(),
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+def config_groups_text() -> str:
+    """``group: option, option`` for every user-facing group in ``conf/`` (``--help``; Hydra's own list also
+    shows the ``schema/*`` groups and the launchers' internals)."""
+    groups = sorted(d for d in CONF_DIR.iterdir() if d.is_dir() and d.name != "hydra")
+    return "\n".join(f"  {d.name}: {', '.join(sorted(p.stem for p in d.glob('*.yaml')))}" for d in groups)
 
 
 # ``hydra/sweeper=optuna`` maximises unless told otherwise: a run returns its test accuracy. The plugin's

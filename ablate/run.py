@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import compose as _schemas  # noqa: F401  (registers every group's schema before Hydra composes)
 from . import rundir
-from .config import PRESET_GROUPS, RUN_GROUPS, ConfigError, config_hash
+from .config import CONF_DIR, PRESET_GROUPS, RUN_GROUPS, ConfigError, config_hash
 from .data import DataError
 from .progress import print_result
 from .rundir import CheckpointError
@@ -118,7 +118,7 @@ def run(cfg: DictConfig) -> float:
     return float(acc) if acc is not None else float(cfg.trainer.failure_value)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     return run(cfg)
 
