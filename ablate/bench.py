@@ -22,6 +22,7 @@ at CPU-friendly sizes so CI can exercise it; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -35,12 +36,14 @@ from typing import Any
 
 import pandas as pd
 
+from . import rundir
 from .compose import compose
-from .config import ConfigError
+from .config import ConfigError, is_identity_key
 
 GRID = ("scheduler=step,cosine,plateau", "model=lenet,simple_cnn,cnn3", "trainer.seed=0,1,2")
 SMOKE = dict(dataset="fashion_mnist_mini", model="lenet", epochs=2, limit_batches=8, loader_batch_size=64,
-             workers=0, concurrent="1,2", grid=("scheduler=step,cosine",), grid_epochs=1, jobs=2)
+             workers=0, concurrent="1,2", grid=("scheduler=step", "trainer.pipeline=resident,dataloader"),
+             grid_epochs=1, jobs=2)
 
 
 def train_once(overrides: Sequence[str], workdir: Path) -> dict[str, Any]:
@@ -152,26 +155,39 @@ def concurrent(a: argparse.Namespace, work: Path) -> pd.DataFrame:
 
 
 def grid(a: argparse.Namespace, work: Path) -> pd.DataFrame:
-    """A whole sweep through the real entry point and the joblib launcher, timed from outside."""
+    """A whole sweep through the real entry point and the joblib launcher, timed from outside.
+
+    Axes over how runs execute (``trainer.cuda_graph=false,true``: not part of a run's identity, so one
+    sweep cannot hold both) run as one sweep per value, in sub-directories, merged into one report."""
     sweep = a.sweep_dir or work / "grid"
-    axes = list(a.grid_axes)
-    cmd = [sys.executable, "-m", "ablate.run", "-m", *axes, f"dataset={a.dataset}", f"trainer.epochs={a.grid_epochs}",
-           f"trainer.batch_size={a.batch_size}", f"trainer.device={a.device}", *a.overrides,
-           f"hydra.sweep.dir={sweep}"]
+    same = [ax for ax in a.grid_axes if is_identity_key(ax.split("=", 1)[0])]
+    apart = [[f"{ax.split('=', 1)[0]}={v}" for v in ax.split("=", 1)[1].split(",")]
+             for ax in a.grid_axes if not is_identity_key(ax.split("=", 1)[0])]
+    fixed = [f"dataset={a.dataset}", f"trainer.epochs={a.grid_epochs}", f"trainer.batch_size={a.batch_size}",
+             f"trainer.device={a.device}", *a.overrides]
     if a.limit_batches:
-        cmd.append(f"trainer.limit_batches={a.limit_batches}")
+        fixed.append(f"trainer.limit_batches={a.limit_batches}")
     if a.jobs > 1:
-        cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={a.jobs}"]
-    print("bench: grid: " + " ".join(cmd[1:]), flush=True)
+        fixed += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={a.jobs}"]
+    sweeps = []
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    for combo in itertools.product(*apart):
+        d = sweep / ",".join(combo) if combo else sweep
+        cmd = [sys.executable, "-m", "ablate.run", "-m", *same, *combo, *fixed, f"hydra.sweep.dir='{d}'"]
+        print("bench: grid: " + " ".join(cmd[1:]), flush=True)
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode:
+            raise RuntimeError(f"grid sweep exited {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
+        sweeps.append(d)
+    if len(sweeps) > 1:
+        from .report import make_report
+
+        make_report(sweeps, sweep / "report")
     wall = time.perf_counter() - t0
-    if p.returncode:
-        raise RuntimeError(f"grid sweep exited {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
-    summaries = [json.loads(f.read_text()) for f in sweep.glob("*/summary.json")]
+    summaries = [s for d in sweeps for r in rundir.find_runs(d) if (s := rundir.read_summary(r)) is not None]
     done = [s for s in summaries if s.get("status") == "completed"]
     n = 1
-    for axis in axes:
+    for axis in a.grid_axes:
         n *= len(axis.split("=", 1)[1].split(","))
     return pd.DataFrame([dict(runs=n, completed=len(done), jobs=a.jobs, epochs=a.grid_epochs, wall_seconds=wall,
                               seconds_per_run=wall / n, report=(sweep / "report" / "index.html").is_file(),

@@ -32,7 +32,9 @@ STEPS_CSV = "steps.csv"
 SUMMARY_JSON = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
+REPORT_DIR = "report"  # a sweep's report, next to its run directories; never a run
 HYDRA_DIR = ".hydra"  # Hydra's record of the job: config.yaml, overrides.yaml, hydra.yaml
+MULTIRUN_YAML = "multirun.yaml"  # Hydra's record of a whole sweep, in the sweep directory
 
 
 def _atomic(path: Path, write) -> None:
@@ -158,6 +160,24 @@ def is_run_dir(path: Path) -> bool:
     return any((p / n).exists() for n in (SUMMARY_JSON, EPOCHS_CSV, HYDRA_DIR))
 
 
+def find_runs(root: Path) -> list[Path]:
+    """Run directories under ``root`` (itself included), sorted; a run directory's own subfolders,
+    ``report/`` and hidden folders are not searched."""
+    found = []
+    stack = [Path(root)]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(d.iterdir())
+        except OSError:
+            continue
+        if is_run_dir(d):
+            found.append(d)
+            continue
+        stack.extend(e for e in entries if e.is_dir() and e.name != REPORT_DIR and not e.name.startswith("."))
+    return sorted(found)
+
+
 def read_summary(run_dir: Path) -> dict | None:
     return read_json(Path(run_dir) / SUMMARY_JSON)
 
@@ -167,8 +187,13 @@ def read_config(run_dir: Path, summary: dict | None = None) -> dict:
     summary = read_summary(run_dir) if summary is None else summary
     cfg = summary.get("config") if summary else None
     if not isinstance(cfg, dict):
-        cfg = read_yaml(Path(run_dir) / HYDRA_DIR / "config.yaml")
+        cfg = read_yaml(hydra_config_path(run_dir))
     return cfg if isinstance(cfg, dict) else {}
+
+
+def hydra_config_path(run_dir: Path) -> Path:
+    """Hydra's record of the job's resolved config (what reloads a trained model)."""
+    return Path(run_dir) / HYDRA_DIR / "config.yaml"
 
 
 def read_overrides(run_dir: Path, summary: dict | None = None) -> list[str]:
@@ -196,15 +221,24 @@ def read_choices(run_dir: Path, summary: dict | None = None) -> dict[str, Any]:
     return dict(choices) if isinstance(choices, dict) else {}
 
 
-def epochs_text(run_dir: Path) -> str | None:
-    """``epochs.csv`` cut to whole rows, or None when it has no data row yet."""
+def _whole_rows(path: Path) -> str | None:
     try:
-        text = (Path(run_dir) / EPOCHS_CSV).read_text()
+        text = path.read_text()
     except OSError:
         return None
     if not text.endswith("\n"):  # a torn last line from a killed writer
         text = text[: text.rfind("\n") + 1]
     return text if text.count("\n") >= 2 else None
+
+
+def epochs_text(run_dir: Path) -> str | None:
+    """``epochs.csv`` cut to whole rows, or None when it has no data row yet."""
+    return _whole_rows(Path(run_dir) / EPOCHS_CSV)
+
+
+def steps_text(run_dir: Path) -> str | None:
+    """``steps.csv`` cut to whole rows, or None when it has no data row yet."""
+    return _whole_rows(Path(run_dir) / STEPS_CSV)
 
 
 # --------------------------------------------------------------------------- claiming a run

@@ -18,6 +18,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ablate import inspect as ins
+from ablate.config import InspectConf
+from ablate.data import dataset_shape
+from ablate.inspect.cli import main as inspect_main
 from ablate.models import SimpleCNNConf, build_model, count_parameters, last_conv
 from ablate.train import fit
 from conftest import ROOT, make_cfg
@@ -50,8 +53,8 @@ LENET_FASHION = [  # d2l's "output shape" loop for LeNet on a 1x28x28 Fashion-MN
 
 
 def test_lenet_table_is_the_tutorials():
-    cfg = ins.compose(["model=lenet", "dataset=fashion_mnist"])
-    assert ins.dataset_shape(cfg.dataset) == (1, 28, 28, 10)
+    cfg = compose(["model=lenet", "dataset=fashion_mnist"], "inspect")
+    assert dataset_shape(cfg.dataset) == (1, 28, 28, 10)
     model = build_model(cfg.model, 1, (28, 28), 10)
     df = ins.layer_table(model, (1, 28, 28))
     assert list(zip(df.layer, df.type, df.output_shape, df.params, df.mult_adds)) == LENET_FASHION
@@ -70,22 +73,22 @@ def test_table_counts_match_every_model_on_every_dataset():
     for m in MODELS:
         for d in DATASETS:
             cfg = compose([f"model={m}", f"dataset={d}"], "inspect")
-            c, h, w, k = ins.dataset_shape(cfg.dataset)
+            c, h, w, k = dataset_shape(cfg.dataset)
             model = build_model(cfg.model, c, (h, w), k)
             df = ins.layer_table(model, (c, h, w))
             where = f"model={m} dataset={d}"
             assert df.params.sum() == count_parameters(model), where
-                assert df.trainable.sum() == count_parameters(model, trainable_only=True), where
-                assert df.output_shape.iloc[-1] == (k,), where
-                assert (df.mult_adds >= 0).all() and df.mult_adds.sum() > 0, where
-                # the table's shapes are what the layers really output (a block's: its last leaf's)
-                x = torch.zeros(1, c, h, w)
-                model.eval()
-                for name, layer in model.named_children():
-                    x = layer(x)
-                    shape = df.output_shape[(df.layer == name) | df.layer.str.startswith(name + ".")].iloc[-1]
-                    assert tuple(x.shape[1:]) == shape, f"{where} {name}"
-    assert ins.dataset_shape({"source": "cifar10", "classes": [0, 2]}) == (3, 32, 32, 2)
+            assert df.trainable.sum() == count_parameters(model, trainable_only=True), where
+            assert df.output_shape.iloc[-1] == (k,), where
+            assert (df.mult_adds >= 0).all() and df.mult_adds.sum() > 0, where
+            # the table's shapes are what the layers really output (a block's: its last leaf's)
+            x = torch.zeros(1, c, h, w)
+            model.eval()
+            for name, layer in model.named_children():
+                x = layer(x)
+                shape = df.output_shape[(df.layer == name) | df.layer.str.startswith(name + ".")].iloc[-1]
+                assert tuple(x.shape[1:]) == shape, f"{where} {name}"
+    assert dataset_shape({"source": "cifar10", "classes": [0, 2]}) == (3, 32, 32, 2)
 
 
 def test_layer_table_restores_training_mode_and_counts_frozen_params():
@@ -200,7 +203,7 @@ def test_feature_map_shapes(run_dir):
 
 
 def test_inspect_run_writes_named_files_and_a_full_confusion(run_dir, tmp_path):
-    written = ins.inspect_run(run_dir, tmp_path / "out", ins.InspectConf(images=3, channels=4))
+    written = ins.inspect_run(run_dir, tmp_path / "out", InspectConf(images=3, channels=4))
     assert {k: p.name for k, p in written.items()} == {
         "feature_maps_conv1": "feature_maps_conv1.png", "feature_maps_conv2": "feature_maps_conv2.png",
         "gradcam": "gradcam.png", "confusion": "confusion.png", "confusion_csv": "confusion.csv",
@@ -273,7 +276,7 @@ def test_cli_run_dir(run_dir, tmp_path):
 def test_sweep_job_dir_named_like_overrides_is_a_run(run_dir, tmp_path, capsys):
     job = tmp_path / "model=lenet,trainer.seed=0"  # how a sweep names its job directories
     shutil.copytree(run_dir, job, ignore=shutil.ignore_patterns("inspect"))
-    assert ins.main([str(job), "inspect.images=2", "inspect.layers=[conv2]"]) == 0
+    assert inspect_main([str(job), "inspect.images=2", "inspect.layers=[conv2]"]) == 0
     assert "on 1000 images; wrote" in capsys.readouterr().out
     assert (job / "inspect" / "gradcam.png").is_file() and (job / "inspect" / "confusion.csv").is_file()
 

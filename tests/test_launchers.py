@@ -20,9 +20,9 @@ import pytest
 import yaml
 from conftest import ROOT, make_cfg, run_cli
 
-from ablate import report
 from ablate.compose import compose
 from ablate.config import config_hash
+from ablate.report.cli import main as report_main
 
 pytestmark = pytest.mark.slow
 
@@ -234,7 +234,7 @@ def test_every_experiment_preset_runs_one_batch_and_the_report_merges_them(tmp_p
 
     # One report over all four sweeps.
     out = tmp_path / "merged"
-    assert report.main([*map(str, sweeps.values()), "--out", str(out)]) == 0
+    assert report_main([*map(str, sweeps.values()), "--out", str(out)]) == 0
     rows = pd.read_csv(out / "summary.csv")
     assert len(rows) == 3 + 4 + 8 + 12 and set(rows["status"]) == {"completed"}
 

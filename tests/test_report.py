@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 import rundirs
 from ablate import report, stats
 from ablate.callbacks import ReportCallback
-from ablate.config import ConfigError
+from ablate.config import ConfigError, ReportConf
+from ablate.report.cli import main as report_main
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,9 +198,9 @@ def test_partial_sweep_still_reports(tmp_path):
 def test_merge_two_sweeps_and_cli(tmp_path, capsys):
     a = rundirs.sweep(tmp_path / "a", {"step": [0.80, 0.82, 0.81], "cosine": [0.83, 0.84, 0.845]})
     b = rundirs.sweep(tmp_path / "b", {"plateau": [0.805, 0.83, 0.80], "cosine": [0.85]})
-    assert report.main([str(a), str(b)]) == 2
+    assert report_main([str(a), str(b)]) == 2
     assert "--out" in capsys.readouterr().err
-    assert report.main([str(a), str(b), "--out", str(tmp_path / "merged"), "--bootstrap", "500"]) == 0
+    assert report_main([str(a), str(b), "--out", str(tmp_path / "merged"), "--bootstrap", "500"]) == 0
     assert "Report: " + str(tmp_path / "merged" / "index.html") in capsys.readouterr().out
     rows = _rows(tmp_path / "merged" / "summary.csv")
     assert len(rows) == 10 and {r["sweep"] for r in rows} == {str(a), str(b)}
@@ -245,7 +246,7 @@ def test_two_factors_grid_single_run_and_errors(tmp_path):
 def test_report_conf_matches_default_yaml():
     node = yaml.safe_load((ROOT / "conf" / "report" / "default.yaml").read_text())
     node.pop("defaults")
-    assert report.ReportConf(**node) == report.ReportConf()
+    assert ReportConf(**node) == ReportConf()
 
 
 def test_hundred_runs_in_a_few_seconds(tmp_path):
@@ -416,7 +417,7 @@ def test_panels_are_skipped_with_one_line_never_a_traceback(real_sweep, tmp_path
     shutil.copytree(real_sweep, sweep)  # report/ with both arms' panels included
     out = sweep / "report"
     # Turned off: no section, and the earlier report's panels are gone.
-    assert report.main([str(sweep), "--no-arm-panels"]) == 0
+    assert report_main([str(sweep), "--no-arm-panels"]) == 0
     assert _panel_files(out) == [] and "Best vs worst" not in (out / "index.html").read_text()
     # The best arm's model.pt deleted: its panel is left out with one line; the worst arm is still drawn.
     rep = report.build([sweep], plots=False)

@@ -216,7 +216,8 @@ def test_multirun_jobs_are_spread_over_gpus_round_robin(tmp_path):
 
 @pytest.mark.slow
 def test_bench_smoke_runs_every_mode(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "ablate.bench", "--smoke", "--concurrent", "2", "--out", str(tmp_path)],
+    p = subprocess.run([sys.executable, "-m", "ablate.bench", "--smoke", "--concurrent", "2", "--out", str(tmp_path),
+                        "--sweep-dir", str(tmp_path / "grid")],
                        cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, PYTHONPATH=_path(), MPLBACKEND="Agg"))
     assert p.returncode == 0, p.stderr[-2000:]
@@ -229,6 +230,9 @@ def test_bench_smoke_runs_every_mode(tmp_path):
     assert 0 < conc.wall_images_per_second.iloc[0] <= conc.aggregate_images_per_second.iloc[0] * 1.5
     g = pd.read_csv(tmp_path / "grid.csv")
     assert g.completed.iloc[0] == g.runs.iloc[0] == 2 and bool(g.report.iloc[0])
+    # trainer.pipeline is not part of a run's identity: one sweep per value, one merged report comparing them
+    merged = pd.read_csv(tmp_path / "grid" / "report" / "summary.csv")
+    assert sorted(merged["trainer.pipeline"]) == ["dataloader", "resident"]
 
 
 @pytest.mark.slow

@@ -1,0 +1,89 @@
+"""Compare the runs of a sweep: ``python -m ablate.report SWEEP_DIR [SWEEP_DIR ...] [--out DIR]``.
+
+The report is built from the run directories alone (``summary.json``,
+``epochs.csv``, ``steps.csv``, ``.hydra/``), never from what Hydra hands its
+end-of-sweep hook, so it works on a sweep that is partly failed, killed or
+still running, on a single run, and on several sweeps merged. It writes
+``report/`` with ``summary.csv`` (one row per run), ``report.md`` (tables and
+verdicts), the curves as PNGs and ``index.html`` (all of it, self-contained);
+with ``report.arm_panels`` also the confusion matrix and Grad-CAM of the best
+and the worst arm (``best_*``, ``worst_*``; see :func:`draw_arm_panels`).
+
+Runs are grouped into *arms* by every override that varies across the runs
+except the seed. A run counts in the means only if it finished every planned
+epoch with finite losses; failed, diverged and incomplete runs are flagged and
+listed instead of being averaged in silently.
+
+The parts, in the order data flows: :mod:`.runs` (reading and flagging runs),
+:mod:`.analysis` (arms, tables, verdicts), :mod:`.figures` (curves),
+:mod:`.panels` (best vs worst arm), :mod:`.tables` (summary.csv, report.md,
+index.html); :mod:`.cli` is the command line. Importing this package loads no
+torch and no matplotlib.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import rundir
+from ..config import ReportConf
+from .analysis import Report, analyse, compare_levels, factor_values, ranked_arms, varying_keys
+from .figures import figures as draw_figures  # not `figures`: that name is the submodule
+from .panels import ArmPanel, clear_panels, draw_arm_panels, representative_run
+from .runs import REPORT_DIR, ReportError, Run, conf_from_runs, find_runs, flag, load_run, load_runs
+from .tables import flags_frame, html_page, markdown, summary_frame
+
+__all__ = ["ArmPanel", "Report", "ReportError", "Run", "analyse", "build", "compare_levels",
+           "conf_from_runs", "draw_arm_panels", "draw_figures", "factor_values", "find_runs", "flags_frame",
+           "html_page", "load_run", "load_runs", "make_report", "markdown", "ranked_arms", "representative_run",
+           "summary_frame", "varying_keys", "write"]
+
+
+def build(sweeps: Sequence[Path | str], conf: ReportConf | None = None, plots: bool = True,
+          **overrides: Any) -> Report:
+    """Load, analyse and (with ``plots``) draw; knobs: ``conf``, else the runs' own, then ``overrides``."""
+    sweeps = [Path(s) for s in sweeps]
+    runs = load_runs(sweeps, conf)
+    if conf is None:
+        conf = conf_from_runs(runs, **overrides)
+        for r in runs:  # re-flag with the knobs just read (overfit_gap)
+            r.flags.clear()
+            flag(r, conf)
+    rep = analyse(runs, conf, sweeps)
+    if plots:
+        rep.figures = draw_figures(rep)
+    return rep
+
+
+def write(rep: Report, out: Path) -> Path:
+    """Write report/ (summary.csv, report.md, PNGs, best/worst arm panels, index.html); returns index.html."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.atomic_write_bytes(out / "summary.csv", summary_frame(rep).to_csv(index=False).encode())
+    for name, _, png in rep.figures:
+        rundir.atomic_write_bytes(out / name, png)
+    clear_panels(out)  # an earlier report's panels must not outlive it
+    rep.panels, rep.panels_note = [], None
+    if rep.conf.arm_panels:
+        draw_arm_panels(rep, out)
+    rundir.atomic_write_bytes(out / "report.md", markdown(rep).encode())
+    rundir.atomic_write_bytes(out / "index.html", html_page(rep, out).encode())
+    for p in out.iterdir():
+        if p.is_file():
+            p.chmod(0o644)  # mkstemp made them private; a report is meant to be read and served
+    return out / "index.html"
+
+
+def make_report(sweeps: Sequence[Path | str], out: Path | str | None = None, conf: ReportConf | None = None,
+                **overrides: Any) -> Path:
+    """Build and write the report of ``sweeps``; returns the path of index.html."""
+    sweeps = [Path(s) for s in sweeps]
+    if not sweeps:
+        raise ReportError("no sweep directory given")
+    if out is None:
+        if len(sweeps) > 1:
+            raise ReportError("several SWEEP_DIRs are merged into one report: say where it goes with --out DIR")
+        out = sweeps[0] / REPORT_DIR
+    return write(build(sweeps, conf, **overrides), Path(out))

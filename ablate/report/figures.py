@@ -1,0 +1,238 @@
+"""The report's curves, one function per figure, each returning its PNG (None: nothing to draw).
+
+Drawn on matplotlib's Agg canvas through ``Figure`` (no pyplot state), imported
+only when a figure is drawn, so importing the report stays light. Curves are the
+mean over an arm's seeds with a band from their minimum to their maximum,
+unsmoothed, aligned by epoch; only the per-iteration loss is EMA-smoothed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .analysis import Report, mean_of, sort_levels
+from .runs import Run
+
+MAX_LINES = 10  # arms drawn per panel (the best by mean); more is unreadable
+MAX_PANELS = 12
+MAX_POINTS = 3000  # a longer curve is thinned to about this many points
+STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ("-", "v"), ("--", "x"), (":", "*"), ("-.", "P"),
+          ("-", "X"), ("--", "h")]
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def _png(fig: Any) -> bytes:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:
+        if ax.get_xlabel() == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
+def _aligned(runs: Sequence[Run], col: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Epochs and the mean, min and max of ``col`` across runs, aligned by epoch (no smoothing)."""
+    series = {i: r.epochs.set_index("epoch")[col] for i, r in enumerate(runs)}
+    if not series:
+        return None
+    m = pd.DataFrame(series).astype(float).replace([np.inf, -np.inf], np.nan)
+    m = m[m.notna().any(axis=1)]
+    if m.empty:
+        return None
+    return m.index.to_numpy(float), m.mean(axis=1).to_numpy(), m.min(axis=1).to_numpy(), m.max(axis=1).to_numpy()
+
+
+def _style(i: int) -> dict[str, Any]:
+    ls, mk = STYLES[i % len(STYLES)]
+    return dict(linestyle=ls, marker=mk, color=f"C{i % 10}", markersize=4)
+
+
+def _panels(rep: Report) -> list[tuple[str, list[tuple[str, ...]]]]:
+    """Small multiples: one panel per level of the second factor (else one panel), best arms first."""
+    def score(a: tuple[str, ...]) -> float:
+        m = mean_of([r.final_test_acc for r in rep.arms[a] if r.counted])
+        return -m if math.isfinite(m) else math.inf
+
+    arms = sorted(rep.arms, key=score)
+    if len(rep.keys) < 2:
+        return [("", arms[:MAX_LINES])]
+    k = rep.keys[1]
+    levels = sort_levels(list(dict.fromkeys(a[1] for a in rep.arms)))
+    return [(f"{k}={lvl}", [a for a in arms if a[1] == lvl][:MAX_LINES]) for lvl in levels[:MAX_PANELS]]
+
+
+def _grid(n: int, w: float = 4.6, h: float = 3.3) -> tuple[Any, list[Any]]:
+    from matplotlib.figure import Figure
+
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    if n == 1:
+        w, h = 7.5, 4.2
+    W, H = w * cols, h * rows + 0.4
+    fig = Figure(figsize=(W, H))  # fixed margins: constrained layout costs more than the drawing
+    fig.subplots_adjust(left=0.75 / W, right=1 - 0.2 / W, bottom=0.6 / H, top=1 - 0.6 / H,
+                        wspace=0.28, hspace=0.45)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _finish(ax: Any, **labels: str) -> None:
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _more(rep: Report) -> str:
+    """The caption's note when panels leave arms out."""
+    n_arms = len(rep.arms)
+    cut = any(len(arms) == MAX_LINES for _, arms in _panels(rep)) and n_arms > MAX_LINES
+    return f" (the best {MAX_LINES} arms per panel of {n_arms})" if cut else ""
+
+
+# ----------------------------------------------------------------------------- one function per figure
+def _per_arm(rep: Report, col: str, what: str, ylabel: str, pct: bool) -> bytes | None:
+    """An ``epochs.csv`` column per arm by epoch: the mean over seeds, a band from min to max."""
+    panels = _panels(rep)
+    skip = rep.keys[1:2]
+    fig, axes = _grid(len(panels))
+    drawn = False
+    for ax, (title, arms) in zip(axes, panels):
+        for i, a in enumerate(arms):  # style by position in the panel: the same in every figure
+            c = _aligned([r for r in rep.arms[a] if r.plotted], col)
+            if c is None:
+                continue
+            x, m, lo, hi = (c[0], *(100 * v if pct else v for v in c[1:]))
+            st = _style(i)
+            ax.plot(x, m, label=rep.short(a, skip), markevery=max(1, len(x) // 12), **st)
+            ax.fill_between(x, lo, hi, color=st["color"], alpha=0.15, linewidth=0)
+            drawn = True
+        _finish(ax, title=title, xlabel="epoch", ylabel=ylabel)
+    if not drawn:
+        return None
+    fig.suptitle(f"{what} per arm (line: mean; band: min to max over seeds)", fontsize=11)
+    return _png(fig)
+
+
+def accuracy_figure(rep: Report) -> bytes | None:
+    """Test accuracy per arm by epoch."""
+    return _per_arm(rep, "test_acc", "Test accuracy", "test accuracy (%)", True)
+
+
+def loss_figure(rep: Report) -> bytes | None:
+    """Test loss per arm by epoch."""
+    return _per_arm(rep, "test_loss", "Test loss", "test loss", False)
+
+
+def train_vs_test_figure(rep: Report) -> bytes | None:
+    """The overfitting picture: train against test accuracy, one panel per arm."""
+    arms = [a for _, p in _panels(rep) for a in p][:MAX_PANELS]
+    fig, axes = _grid(len(arms), 4.0, 3.0)
+    drawn = False
+    for ax, a in zip(axes, arms):
+        runs = [r for r in rep.arms[a] if r.plotted]
+        for col, ls, mk, lab in (("train_acc", "--", "^", "train"), ("test_acc", "-", "o", "test")):
+            c = _aligned(runs, col)
+            if c is not None:
+                ax.plot(c[0], 100 * c[1], linestyle=ls, marker=mk, color="k" if lab == "test" else "0.45",
+                        markersize=4, label=lab, markevery=max(1, len(c[0]) // 12))
+                ax.fill_between(c[0], 100 * c[2], 100 * c[3], color="0.5", alpha=0.15, linewidth=0)
+                drawn = True
+        ax.set(title=rep.short(a), xlabel="epoch", ylabel="accuracy (%)")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _png(fig) if drawn else None
+
+
+def lr_figure(rep: Report) -> bytes | None:
+    """What each scheduler really did: the lr of one run per distinct scheduler setting."""
+    groups: dict[str, Run] = {}
+    for a in rep.arms:
+        for r in rep.arms[a]:
+            if r.epochs is None or not len(r.epochs):
+                continue
+            ident = json.dumps([r.choices.get("scheduler"), r.config.get("scheduler"),
+                                (r.config.get("optimizer") or {}).get("lr")], sort_keys=True, default=str)
+            groups.setdefault(ident, r)
+            break
+    if not groups:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4))
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.13, top=0.9)
+    ax = fig.subplots()
+    names = [str(r.choices.get("scheduler", "?")) for r in groups.values()]
+    positive = True
+    for i, r in enumerate(list(groups.values())[:MAX_LINES]):
+        label = names[i] if names.count(names[i]) == 1 else f"{names[i]} ({rep.short(rep.arm_of(r))})"
+        s = r.steps()
+        if s is not None and len(s) and {"epoch", "lr"} <= set(s.columns):
+            pos = s.groupby("epoch").cumcount().to_numpy()
+            cnt = s.groupby("epoch")["epoch"].transform("size").to_numpy()
+            x, y = s["epoch"].to_numpy() - 1 + pos / cnt, s["lr"].to_numpy()
+        else:
+            x, y = r.epochs["epoch"].to_numpy() - 1, r.epochs["lr"].to_numpy()
+        k = max(1, len(x) // MAX_POINTS)
+        x, y = np.append(x[::k], np.ceil(x[-1] + 1e-9)), np.append(y[::k], y[-1])  # close the last step
+        positive &= bool(np.all(y[np.isfinite(y)] > 0))
+        st = _style(i)
+        ax.plot(x, y, drawstyle="steps-post", label=label, markevery=max(1, len(x) // 12), **st)
+    if positive and ax.get_ylim()[1] / max(ax.get_ylim()[0], 1e-300) > 100:
+        ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="learning rate", title="Learning rate as applied, per scheduler")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def train_loss_figure(rep: Report) -> bytes | None:
+    """Per-iteration training loss (mean over seeds): raw faintly, EMA-smoothed on top."""
+    panels = _panels(rep)
+    skip = rep.keys[1:2]
+    fig, axes = _grid(len(panels))
+    drawn = False
+    for ax, (title, arms) in zip(axes, panels):
+        for i, a in enumerate(arms):
+            frames = [s for r in rep.arms[a] if r.plotted and (s := r.steps()) is not None and "loss" in s]
+            if not frames:
+                continue
+            loss = pd.concat(frames).replace([np.inf, -np.inf], np.nan).groupby("step")["loss"].mean()
+            smooth = loss.ewm(alpha=1 - rep.conf.smoothing, ignore_na=True).mean() if rep.conf.smoothing else loss
+            k = max(1, len(loss) // MAX_POINTS)
+            x = loss.index.to_numpy()[::k]
+            st = _style(i)
+            ax.plot(x, loss.to_numpy()[::k], color=st["color"], alpha=0.25, linewidth=0.6)
+            ax.plot(x, smooth.to_numpy()[::k], label=rep.short(a, skip), markevery=max(1, len(x) // 10), **st)
+            drawn = True
+        _finish(ax, title=title, xlabel="step", ylabel="training loss")
+    return _png(fig) if drawn else None
+
+
+def figures(rep: Report) -> list[tuple[str, str, bytes]]:
+    """(file name, caption, PNG) of every figure there is something to draw for, in the report's order."""
+    more = _more(rep)
+    made = [
+        ("test_acc.png", accuracy_figure,
+         f"Test accuracy per arm by epoch (unsmoothed; band spans the seeds){more}"),
+        ("test_loss.png", loss_figure, f"Test loss per arm by epoch (unsmoothed; band spans the seeds){more}"),
+        ("train_vs_test.png", train_vs_test_figure,
+         "Train (dashed) vs test (solid) accuracy per arm: the gap is overfitting"),
+        ("lr.png", lr_figure, "Learning rate vs epoch per scheduler (per step where steps.csv has it)"),
+        ("train_loss.png", train_loss_figure,
+         f"Training loss per iteration (mean over seeds): raw faint, EMA {rep.conf.smoothing} on top{more}"),
+    ]
+    return [(name, caption, png) for name, draw, caption in made if (png := draw(rep)) is not None]
