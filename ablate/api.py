@@ -39,7 +39,7 @@ def train_run(overrides: Sequence[str] = (), run_dir: Optional[Path | str] = Non
     from .compose import compose
     from .config import PRESET_GROUPS, RUN_GROUPS, config_hash
     from .device import release
-    from .events import for_run
+    from .loggers import for_run
     from .train import fit
 
     overrides = list(overrides)

@@ -4,8 +4,9 @@ The trainer calls :class:`Observer` hooks only where it already holds host value
 (the ``trainer.log_every`` syncs and the end of each epoch), so listening costs the
 hot loop no extra device read. The terminal display (:mod:`ablate.progress`) and the
 experiment trackers (:mod:`ablate.loggers`) are observers; whoever owns the run (the
-Hydra entry, the Python API) builds them from ``cfg.logger`` with :func:`for_run` and
-ends them with the final summary, whatever happened to the run.
+Hydra entry, the Python API) builds them from ``cfg.logger`` with
+:func:`ablate.loggers.for_run` and ends them with the final summary, whatever
+happened to the run.
 """
 
 from __future__ import annotations
@@ -67,16 +68,3 @@ def logger_conf(cfg: Any) -> LoggerConf:
     """The run's ``logger`` node, typed; the defaults when the config has none."""
     node = cfg.get("logger") if hasattr(cfg, "get") else None
     return LoggerConf() if node is None else typed(node, LoggerConf)
-
-
-def for_run(cfg: Any, multirun: bool = False) -> Observers:
-    """The observers ``cfg.logger`` asks for: terminal output always, TensorBoard and MLflow when set."""
-    from . import loggers, progress
-
-    conf = logger_conf(cfg)
-    observers = progress.observers(conf, multirun)
-    if conf.tensorboard is not None:
-        observers.append(loggers.TensorBoardLogger(conf.tensorboard))
-    if conf.mlflow is not None:
-        observers.append(loggers.MlflowLogger(conf.mlflow))
-    return Observers(observers)

@@ -1,6 +1,7 @@
-"""Experiment trackers beside the run directory's CSVs: TensorBoard event files and MLflow runs.
+"""What a run reports to (``conf/logger/``): the terminal, and trackers beside the run directory's CSVs,
+TensorBoard event files and MLflow runs (:func:`for_run` builds them from ``cfg.logger``).
 
-Each is an :class:`ablate.events.Observer` chosen in ``conf/logger/`` (optional
+Each tracker is an :class:`ablate.events.Observer` chosen in ``conf/logger/`` (optional
 extras: ``pip install 'ablate[tensorboard]'``, ``'ablate[mlflow]'``). The CSVs stay
 the record: a tracker's store mirrors them. When a run starts from scratch its
 earlier store is replaced; when it resumes, the store is rebuilt from the CSV rows
@@ -19,12 +20,23 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import rundir
+from . import progress, rundir
 from .config import ConfigError, MlflowConf, TensorBoardConf, is_identity_key
-from .events import Observer
+from .events import Observer, Observers, logger_conf
 
 EPOCH_METRICS = [c for c in rundir.EPOCH_COLUMNS if c != "epoch"]
 FINAL_METRICS = ("final_test_acc", "best_test_acc", "final_train_acc", "final_test_loss")
+
+
+def for_run(cfg: Any, multirun: bool = False) -> Observers:
+    """Everything ``cfg.logger`` asks a run to report to: the terminal always, TensorBoard and MLflow when set."""
+    conf = logger_conf(cfg)
+    observers = progress.observers(conf, multirun)
+    if conf.tensorboard is not None:
+        observers.append(TensorBoardLogger(conf.tensorboard))
+    if conf.mlflow is not None:
+        observers.append(MlflowLogger(conf.mlflow))
+    return Observers(observers)
 
 
 def _need(module: str, extra: str) -> None:

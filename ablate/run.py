@@ -88,7 +88,7 @@ def run(cfg: DictConfig) -> float:
         return float(acc) if prev["status"] == "completed" and acc is not None else float(cfg.trainer.failure_value)
 
     from .device import release  # torch: only once there is a run to train
-    from .events import for_run
+    from .loggers import for_run
     from .train import fit
 
     summary = {"status": "running", "overrides": overrides, "choices": choices,

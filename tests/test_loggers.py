@@ -45,13 +45,13 @@ def tracked(tmp_path_factory):
     run, h = tmp / "run", config_hash(cfg)
     base = {"config": OmegaConf.to_container(cfg, resolve=True), "config_hash": h,
             "choices": {"model": "lenet", "scheduler": "cosine", "optimizer": "adam"}}
-    first = events.for_run(cfg)
+    first = loggers.for_run(cfg)
     first.observers.append(KillAfterEpoch(2))
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, run, h, dict(base), first)
     first.on_end({**base, "status": "running"})
     assert len(pd.read_csv(run / rundir.EPOCHS_CSV)) == 2  # rows of epoch 2 were written, its checkpoint not
-    second = events.for_run(cfg)
+    second = loggers.for_run(cfg)
     summary = fit(cfg, run, h, dict(base), second)
     second.on_end(summary)
     return run, summary, store
