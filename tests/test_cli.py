@@ -101,8 +101,8 @@ def test_the_wheel_holds_the_configs_the_packages_and_the_scripts(wheel):
     assert packages <= names and "ablate/_data/fashion_mnist_mini.npz" in names
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for line in ("ablate-run = ablate.run:main", "ablate-report = ablate.scripts:report",
-                 "ablate-inspect = ablate.scripts:inspect"):
+    for line in ("ablate-run = ablate.run:main", "ablate-report = ablate.cli:report",
+                 "ablate-inspect = ablate.cli:inspect"):
         assert line in scripts
 
 

@@ -1,4 +1,5 @@
-"""Console scripts (``pip install`` puts them on PATH): the same programs as ``python -m ablate.<tool>``.
+"""Console scripts (``pip install`` puts them on PATH): the same programs as ``python -m ablate.<tool>``
+(``[project.scripts]`` in pyproject.toml).
 
 ``ablate-run`` is :func:`ablate.run.main` itself (Hydra: shell completion, ``--help``).
 The others run their module as ``-m`` does, so each keeps its one command line
