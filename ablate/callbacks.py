@@ -58,14 +58,19 @@ class ReportCallback(Callback):
                                                   if k in ReportConf.__dataclass_fields__})
             print(f"Report: {path}", flush=True)
             print("\n".join(verdict_lines(Path(path).parent)), flush=True)
-            mlflow = logger_conf(config).mlflow
-            if mlflow is not None:
-                from .loggers import log_report
-
-                log_report(mlflow, Path(path).parent, sweep)
         except Exception as e:  # noqa: BLE001
             log.warning("report callback: no report written (%s: %s); run python -m ablate.report %s",
                         type(e).__name__, e, config.hydra.sweep.dir if "hydra" in config else "SWEEP_DIR")
+            return
+        mlflow = logger_conf(config).mlflow
+        if mlflow is not None:
+            try:
+                from .loggers import log_report
+
+                log_report(mlflow, Path(path).parent, sweep)
+            except Exception as e:  # noqa: BLE001
+                log.warning("report callback: the report is written but not logged to MLflow (%s: %s)",
+                            type(e).__name__, e)
 
 
 def verdict_lines(report_dir: Path) -> list[str]:
