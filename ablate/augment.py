@@ -210,47 +210,9 @@ class BatchAugment(torch.nn.Module):
         return x.masked_fill(box.unsqueeze(1), 0.0)
 
 
-_crop_class: Any = None
-
-
-def _padded_random_crop_class() -> type:
-    """``RandomCrop(size_of_input, padding=p)`` with zero fill: one transform fits
-    every dataset; offsets uniform in [0, 2p] like torchvision's. Built on first
-    use (torchvision costs ~2 s of every launch), picklable as ``augment._PaddedRandomCrop``."""
-    global _crop_class
-    if _crop_class is None:
-        from torchvision.transforms import v2
-
-        class _PaddedRandomCrop(v2.Transform):
-            def __init__(self, padding: int) -> None:
-                super().__init__()
-                self.padding = padding
-
-            def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-                h, w = v2.query_size(flat_inputs)
-                p = self.padding
-                top = int(torch.randint(0, 2 * p + 1, size=()))
-                left = int(torch.randint(0, 2 * p + 1, size=()))
-                return dict(top=top, left=left, height=h, width=w)
-
-            def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-                inpt = self._call_kernel(v2.functional.pad, inpt, padding=[self.padding], fill=0)
-                return self._call_kernel(v2.functional.crop, inpt, **params)
-
-        _PaddedRandomCrop.__qualname__ = "_PaddedRandomCrop"
-        _crop_class = _PaddedRandomCrop
-    return _crop_class
-
-
-def __getattr__(name: str) -> Any:
-    if name == "_PaddedRandomCrop":
-        return _padded_random_crop_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def torchvision_transform(cfg: AugmentConf, mean: Sequence[float], std: Sequence[float],
-                          train: bool = True) -> Any:
-    """The same augmentation as :class:`BatchAugment` for one uint8 CHW image, from
+                          train: bool = True, size: Sequence[int] | None = None) -> Any:
+    """The same augmentation as :class:`BatchAugment` for one uint8 CHW image of ``size`` (H, W), from
     stock v2 transforms (for the DataLoader pipeline); ``train=False`` only normalises."""
     from torchvision.transforms import v2
 
@@ -258,7 +220,9 @@ def torchvision_transform(cfg: AugmentConf, mean: Sequence[float], std: Sequence
     ops: list[Any] = []
     if train:
         if cfg.crop_padding:
-            ops.append(_padded_random_crop_class()(cfg.crop_padding))
+            if size is None:
+                raise ValueError("torchvision_transform: a padded crop needs the image size (size=(H, W))")
+            ops.append(v2.RandomCrop(list(size), padding=cfg.crop_padding, fill=0))
         if cfg.hflip:
             ops.append(v2.RandomHorizontalFlip(cfg.hflip))
         if cfg.jitter:

@@ -93,7 +93,7 @@ class LoaderBatches:
         self.device = torch.device(device)
         self.batch_size = min(t.batch_size, len(data.train_x))
         self.generator = torch.Generator()
-        transform = torchvision_transform(aug_cfg, data.mean, data.std, train=True)
+        transform = torchvision_transform(aug_cfg, data.mean, data.std, train=True, size=data.image_size)
         workers = int(t.num_workers)
         # Fork explicitly: a joblib (loky) job process changes multiprocessing's default context to
         # one whose processes DataLoader cannot start. Workers only touch host tensors, never CUDA.

@@ -2,7 +2,9 @@
 
 Import-light on purpose: Hydra instantiates callbacks in the launching process,
 which must never import torch or initialise CUDA, so the report (pandas,
-matplotlib) is imported only when a sweep ends.
+matplotlib) is imported only when a sweep ends. ``conf/config.yaml`` lists the
+report callback before the progress one: Hydra runs end hooks in reverse order, so
+the final `k/N runs done` line comes before the report's path and verdicts.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, ReportConf, check_sweep
+from .events import logger_conf
 
 log = logging.getLogger("ablate")
 
@@ -56,7 +59,63 @@ class ReportCallback(Callback):
             path = report.make_report([sweep], **{k: v for k, v in knobs.items()
                                                   if k in ReportConf.__dataclass_fields__})
             print(f"Report: {path}", flush=True)
+            print("\n".join(verdict_lines(Path(path).parent)), flush=True)
         except Exception as e:  # noqa: BLE001
             log.warning("report callback: no report written (%s: %s); run python -m ablate.report %s",
                         type(e).__name__, e, shlex.quote(str(config.hydra.sweep.dir)) if "hydra" in config
                         else "SWEEP_DIR")
+            return
+        mlflow = logger_conf(config).mlflow
+        if mlflow is not None:
+            try:
+                from .loggers import log_report
+
+                log_report(mlflow, Path(path).parent, sweep)
+            except Exception as e:  # noqa: BLE001
+                log.warning("report callback: the report is written but not logged to MLflow (%s: %s)",
+                            type(e).__name__, e)
+
+
+def verdict_lines(report_dir: Path) -> list[str]:
+    """The verdicts section of ``report.md``, as terminal lines (what a sweep ends by saying)."""
+    try:
+        text = (Path(report_dir) / "report.md").read_text()
+    except OSError:
+        return []
+    lines, inside = ["Verdicts:"], False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            inside = line.strip() == "## Verdicts"
+        elif inside and line.strip():
+            bold = line.strip().strip("*")
+            lines.append(f"  {line[2:]}" if line.startswith("- ") else f"{bold}:" if line.startswith("**") else line)
+    return lines
+
+
+class ProgressCallback(Callback):
+    """The launching process's side of progress: jobs trained here may draw a bar, and while the sweep
+    runs a thread prints `k/N runs done` with an ETA (:mod:`ablate.monitor`)."""
+
+    def __init__(self) -> None:
+        self.monitor: Any = None
+
+    def __getstate__(self) -> dict:
+        return {"monitor": None}  # the joblib launcher pickles callbacks for its workers; the thread stays here
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from . import progress
+        from .monitor import SweepMonitor, planned_jobs
+
+        progress.mark_launcher()
+        if config.get("dry_run"):
+            return
+        try:
+            total, names = planned_jobs(config)
+            self.monitor = SweepMonitor(Path(config.hydra.sweep.dir), total, names,
+                                        logger_conf(config).poll_seconds).start()
+        except Exception as e:  # noqa: BLE001  (a callback must never stop the sweep)
+            log.warning("progress callback: %s", e)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()

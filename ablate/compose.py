@@ -2,7 +2,8 @@
 
 Importing this module registers every group's schema (the registries of models
 and optimizers/schedulers register theirs when imported), so Hydra can type the
-YAML. Nothing here imports torch: composing and checking a config is fast.
+YAML, and the sweepers' defaults (:func:`ablate.config.store_sweeper_defaults`).
+Nothing here imports torch: composing and checking a config is fast.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from . import data, models, optim
-from .config import CONF_DIR, AugmentConf, DataConf, DatasetConf, RegularizationConf, TrainerConf, typed
+from .config import (CONF_DIR, AugmentConf, DataConf, DatasetConf, RegularizationConf, TrainerConf,
+                     store_sweeper_defaults, typed)
+
+store_sweeper_defaults()
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config", return_hydra_config: bool = False) -> DictConfig:

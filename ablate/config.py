@@ -32,7 +32,16 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 T = TypeVar("T")
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the config groups (an editable install keeps them here)
+
+
+def _conf_dir() -> Path:
+    """The config groups: ``ablate/conf`` in an installed wheel (setup.py maps the top-level ``conf/`` there),
+    the checkout's top-level ``conf/`` otherwise (a clone, an editable install)."""
+    package = Path(__file__).resolve().parent
+    return package / "conf" if (package / "conf").is_dir() else package.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 class ConfigError(ValueError):
@@ -291,8 +300,40 @@ class InspectConf:
         positive("inspect", self, "images", "channels", "batch_size")
 
 
+@dataclass
+class TensorBoardConf:
+    log_dir: Optional[str] = None  # None = RUN_DIR/tensorboard; else LOG_DIR/<run dir name>
+
+
+@dataclass
+class MlflowConf:
+    tracking_uri: str = "outputs/mlruns"  # a directory (local file store), sqlite:///FILE or http(s)://SERVER
+    experiment: str = "ablate"
+    log_model: bool = True  # model.pt as an artifact (next to epochs.csv, steps.csv, summary.json)
+
+
+@dataclass
+class LoggerConf:
+    """Where a run reports while it trains (``conf/logger/``): the terminal always, the run directory's CSVs
+    always, TensorBoard and MLflow when their node is set. Never part of a run's identity."""
+
+    progress: str = "auto"  # auto: a bar in a terminal, plain lines otherwise; bar; lines; none
+    poll_seconds: float = 2.0  # how often a sweep's launching process reads its run dirs for `k/N runs done`
+    tensorboard: Optional[TensorBoardConf] = None
+    mlflow: Optional[MlflowConf] = None
+
+    def __post_init__(self) -> None:
+        one_of("logger.progress", self.progress, ("auto", "bar", "lines", "none"))
+        positive("logger", self, "poll_seconds")
+        if isinstance(self.tensorboard, dict):  # typed() hands nested nodes over as plain mappings
+            self.tensorboard = typed(self.tensorboard, TensorBoardConf)
+        if isinstance(self.mlflow, dict):
+            self.mlflow = typed(self.mlflow, MlflowConf)
+
+
 for _group, _schema in (("trainer", TrainerConf), ("regularization", RegularizationConf), ("dataset", DatasetConf),
-                        ("augment", AugmentConf), ("report", ReportConf), ("inspect", InspectConf)):
+                        ("augment", AugmentConf), ("report", ReportConf), ("inspect", InspectConf),
+                        ("logger", LoggerConf)):
     store_schema(_group, "base", _schema)
 
 
@@ -380,9 +421,45 @@ def _register_resolvers() -> None:
     for name, fn in {
         "ablate_subdir": lambda task: job_dirname(list(task) if isinstance(task, (list, ListConfig)) else []),
         "multiply": lambda a, b: float(a) * float(b),
+        # Log lines name their job (the run directory's name): parallel jobs share one terminal.
+        "ablate_job": lambda output_dir: Path(str(output_dir)).name,
+        "ablate_groups": lambda: config_groups_text(),
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+def config_groups_text() -> str:
+    """``group: option, option`` for every user-facing group in ``conf/`` (``--help``; Hydra's own list also
+    shows the ``schema/*`` groups and the launchers' internals)."""
+    groups = sorted(d for d in CONF_DIR.iterdir() if d.is_dir() and d.name != "hydra")
+    return "\n".join(f"  {d.name}: {', '.join(sorted(p.stem for p in d.glob('*.yaml')))}" for d in groups)
+
+
+# ``hydra/sweeper=optuna`` maximises unless told otherwise: a run returns its test accuracy. The plugin's
+# default is to minimise. The class is at module level so the joblib launcher can pickle the ConfigStore.
+try:
+    from hydra_plugins.hydra_optuna_sweeper.config import Direction, OptunaSweeperConf
+except ImportError:  # the optional extra is not installed
+    OptunaSweeperConf = None
+
+if OptunaSweeperConf is not None:
+    @dataclass
+    class MaximisingOptunaSweeperConf(OptunaSweeperConf):
+        direction: Any = Direction.maximize
+
+
+def store_sweeper_defaults() -> None:
+    """Store the Optuna sweeper's schema again with ``direction: maximize`` (``hydra.sweeper.direction=...``
+    still wins). Hydra's plugin scan re-executes plugin modules, which store their own schema; it runs once
+    per process, so it is run first here."""
+    if OptunaSweeperConf is None:
+        return
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()
+    ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=MaximisingOptunaSweeperConf,
+                                 provider="ablate")
 
 
 _register_resolvers()

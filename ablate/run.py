@@ -26,8 +26,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import rundir, runlock
 from .compose import validate  # importing it registers every group's schema before Hydra composes
-from .config import PRESET_GROUPS, RUN_GROUPS, ConfigError, config_hash
+from .config import CONF_DIR, PRESET_GROUPS, RUN_GROUPS, ConfigError, config_hash
 from .data import DataError
+from .progress import print_result
 from .rundir import CheckpointError
 
 log = logging.getLogger("ablate")
@@ -125,23 +126,28 @@ def _run_locked(cfg: DictConfig, run_dir: Path, prev: dict | None, h: str, overr
     rundir.remove_stale_temps(run_dir)
     if prev is not None and prev.get("status") in ("completed", "diverged"):
         log.info("%s: already %s with this config; skipping", run_dir.name, prev["status"])
+        if not multirun:
+            print_result(dict(prev, run_dir=str(run_dir)))
         return score(prev, cfg.trainer.failure_value)
     record = _record(cfg)
     _spread_over_gpus(cfg)
 
     from .device import release  # torch: only once there is a run to train
+    from .loggers import for_run
     from .train import fit
 
     summary = {"status": "running", "overrides": overrides, "choices": choices,
                "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": h, "run_dir": str(run_dir),
                **runlock.owner()}
+    observer = None
     try:
         rundir.write_record(run_dir, record)
-        summary = fit(cfg, run_dir, h, summary)
+        observer = for_run(cfg, multirun)  # progress, and the trackers cfg.logger names
+        summary = fit(cfg, run_dir, h, summary, observer)
     except Exception as e:
         if cfg.trainer.get("fail_fast"):
             raise
-        _record_failure(run_dir, summary, e)
+        summary = _record_failure(run_dir, summary, e)
         if isinstance(e, (ConfigError, DataError, CheckpointError)) and not multirun:
             sys.exit(f"ablate: {e}")  # bad input: one line, non-zero exit
         log.error("%s failed: %s: %s\n%s", run_dir.name, type(e).__name__, e, traceback.format_exc())
@@ -149,13 +155,17 @@ def _run_locked(cfg: DictConfig, run_dir: Path, prev: dict | None, h: str, overr
             sys.exit(f"ablate: {run_dir.name} failed: {type(e).__name__}: {e}")
         return float(cfg.trainer.failure_value)
     finally:
+        if observer is not None:
+            observer.on_end(summary)
         release()
+        if not multirun:
+            print_result(summary)  # a single run ends naming its directory and accuracy
     return score(summary, cfg.trainer.failure_value)
 
 
-def _record_failure(run_dir: Path, summary: dict, e: Exception) -> None:
+def _record_failure(run_dir: Path, summary: dict, e: Exception) -> dict:
     """``status: failed`` over the last summary the trainer wrote (its epochs kept), even on a full disk;
-    a record that cannot be written is logged, never raised: the sweep goes on."""
+    a record that cannot be written is logged, never raised: the sweep goes on. Returns the record."""
     last = rundir.read_summary(run_dir) or {}
     record = {**summary, **(last if last.get("config_hash") == summary["config_hash"] else {}), **runlock.owner(),
               "status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
@@ -163,9 +173,10 @@ def _record_failure(run_dir: Path, summary: dict, e: Exception) -> None:
         rundir.write_summary_anyway(run_dir, record)
     except OSError as w:
         log.error("%s: the failure could not be recorded in %s (%s)", run_dir.name, rundir.SUMMARY_JSON, w)
+    return record
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     return run(cfg)
 

@@ -36,6 +36,7 @@ from .config import TrainerConf
 from .data import TensorData, load_dataset
 from .device import (prepare_backends, release, resolve_device, rng_state, seed_everything, set_rng_state,
                      use_amp, use_channels_last)
+from .events import Observer
 from .models import build_model, count_mult_adds, count_parameters
 from .optim import Schedule, build_optimizer, build_scheduler, speed_flags
 from .rundir import CheckpointError
@@ -66,21 +67,23 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: Ten
     return loss_sum.item() / n, correct.item() / n
 
 
-def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional[dict] = None) -> dict:
+def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional[dict] = None,
+        observer: Optional[Observer] = None) -> dict:
     """Train one run into ``run_dir``, resuming from its checkpoint if one matches ``config_hash``.
 
     Returns the summary dict (also written to ``summary.json``). Raises on errors;
-    the caller decides whether a failure is recorded or re-raised. A resumed run
-    trains with the intra-op thread count it started with (float sums depend on
-    it); the process's own count is restored after, for the next job."""
+    the caller decides whether a failure is recorded or re-raised. ``observer`` hears
+    the progress (:mod:`ablate.events`); its owner ends it. A resumed run trains with
+    the intra-op thread count it started with (float sums depend on it); the
+    process's own count is restored after, for the next job."""
     threads = torch.get_num_threads()
     try:
-        return _fit(cfg, run_dir, config_hash, summary)
+        return _fit(cfg, run_dir, config_hash, summary, observer or Observer())
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dict]) -> dict:
+def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dict], observer: Observer) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = dict(summary or {})
@@ -126,6 +129,7 @@ def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dic
     summary.update(_results(rows, select), seconds=seconds, threads=torch.get_num_threads(), heartbeat=runlock.now())
     best_acc = summary["best_val_acc"] if summary["best_val_acc"] is not None else -math.inf
     rundir.atomic_write_json(run_dir / rundir.SUMMARY_JSON, summary)
+    observer.on_start(run_dir, summary, t.epochs, batches.steps, start_epoch)
 
     def train_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if channels_last:
@@ -166,7 +170,7 @@ def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dic
                     if not math.isfinite(running):
                         diverged = f"non-finite training loss in epoch {epoch}"
                         break
-                    log.info("epoch %d step %d/%d loss %.4f", epoch, i + 1, batches.steps, running)
+                    observer.on_step(epoch, i + 1, running)
         except (RuntimeError, OverflowError) as e:  # the lr or an update too large for a float
             if not _overflow(e):
                 raise
@@ -190,14 +194,12 @@ def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dic
         row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, **metrics,
                    epoch_seconds=epoch_seconds, images_per_second=seen / train_seconds)
         step_loss, step_lr = losses[:n_steps].tolist(), _host(lrs)
-        rundir.append_rows(run_dir / rundir.STEPS_CSV, rundir.STEP_COLUMNS,
-                           [dict(step=step + j + 1, epoch=epoch, lr=step_lr[j], loss=step_loss[j])
-                            for j in range(n_steps)])
+        step_rows = [dict(step=step + j + 1, epoch=epoch, lr=step_lr[j], loss=step_loss[j]) for j in range(n_steps)]
+        rundir.append_rows(run_dir / rundir.STEPS_CSV, rundir.STEP_COLUMNS, step_rows)
         rundir.append_rows(run_dir / rundir.EPOCHS_CSV, rundir.EPOCH_COLUMNS, [row])
         step += n_steps
         rows.append(row)
-        log.info("epoch %d/%d lr %.3g | train loss %.4f acc %.2f%% | %s | %.1f s, %.0f img/s", epoch, t.epochs, lr,
-                 train_loss, 100 * train_acc, _scores(metrics, splits), epoch_seconds, row["images_per_second"])
+        observer.on_epoch_end(row, step_rows)
         summary.update(_results(rows, select), seconds=seconds, heartbeat=runlock.now(),
                        step_mode="cuda_graph" if graphed and not step_fn.eager else "eager")
         if diverged:
@@ -254,13 +256,6 @@ def _save_best(model: torch.nn.Module, run_dir: Path) -> dict[str, torch.Tensor]
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     rundir.atomic_torch_save(state, run_dir / rundir.BEST)
     return state
-
-
-def _scores(metrics: dict[str, float], splits: dict) -> str:
-    """An epoch's evaluated splits for the log line."""
-    if not metrics:
-        return "not evaluated"
-    return " | ".join(f"{s} loss {metrics[f'{s}_loss']:.4f} acc {100 * metrics[f'{s}_acc']:.2f}%" for s in splits)
 
 
 def _results(rows: list[dict], select: str) -> dict:

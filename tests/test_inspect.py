@@ -203,6 +203,48 @@ def test_feature_map_shapes(run_dir):
     assert last_conv(run.model) is run.model.conv2
 
 
+def test_feature_grid_tiles_the_input_and_each_map_on_its_own_range():
+    from matplotlib import colormaps
+
+    from ablate.inspect.plots import GRID_PADDING, feature_grid
+
+    images = torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8)
+    maps = torch.randn(2, 3, 2, 2) * torch.tensor([1.0, 100.0, 0.01]).view(1, 3, 1, 1)
+    grid = feature_grid(images, maps, channels=2)  # 2 rows x (input + 2 channels), the third channel left out
+    t = 4 + GRID_PADDING
+    assert grid.shape == (3, 2 * t + GRID_PADDING, 3 * t + GRID_PADDING)
+
+    def tile(row: int, col: int) -> torch.Tensor:
+        top, left = GRID_PADDING + row * t, GRID_PADDING + col * t
+        return grid[:, top:top + 4, left:left + 4]
+
+    torch.testing.assert_close(tile(1, 0), (images[1].float() / 255).expand(3, 4, 4))
+    for row, ch in ((0, 0), (1, 1)):  # every map spans the whole colour scale, whatever its magnitude
+        m = np.kron(maps[row, ch].numpy(), np.ones((2, 2)))  # nearest upsampling to the input's 4x4
+        want = colormaps["viridis"]((m - m.min()) / (m.max() - m.min()))[..., :3]
+        torch.testing.assert_close(tile(row, ch + 1), torch.from_numpy(want).float().permute(2, 0, 1))
+    assert (grid[:, :GRID_PADDING] == 1).all()  # white gaps between tiles
+
+
+def test_drawing_leaves_the_matplotlib_backend_alone(tmp_path):
+    code = f"""
+import matplotlib, sys, torch
+matplotlib.use("svg")  # what a notebook has chosen
+import ablate.inspect as ins
+ins.plot_feature_maps(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.rand(2, 3, 4, 4), ["a", "b"], "conv1",
+                      __import__("pathlib").Path({str(tmp_path / "maps.png")!r}))
+ins.confusion_figure(__import__("numpy").eye(3), ["x", "y", "z"], __import__("pathlib").Path({str(tmp_path / "cm.png")!r}))
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("MPLBACKEND", None)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["svg", "False"]
+    assert (tmp_path / "maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "cm.png").stat().st_size
+
+
 def test_inspect_run_writes_named_files_and_a_full_confusion(run_dir, tmp_path):
     written = ins.inspect_run(run_dir, tmp_path / "out", InspectConf(images=3, channels=4))
     assert {k: p.name for k, p in written.items()} == {

@@ -275,3 +275,26 @@ def test_slurm_preset_reaches_sbatch_and_a_requeue_reruns_the_same_job(tmp_path,
     delayed = launcher.checkpoint(*job_args)
     assert delayed.function is launcher and delayed.args == tuple(job_args)
     assert delayed.args[0] == ["scheduler=step"]
+
+
+def test_a_sweep_preset_sweeps_without_dash_m(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = _ok(run_cli(["experiment=homework", "dry_run=true", f"hydra.sweep.dir={sweep}"], cwd=tmp_path))
+    lines = [ln for ln in out.splitlines() if ln.startswith("[dry run]")]
+    assert len(lines) == 36 and len({ln.split(" -> ")[1] for ln in lines}) == 36
+    assert "Dry run: nothing was trained" in out
+
+
+def test_a_plain_optuna_study_maximises_what_a_run_returns(tmp_path):
+    """No preset, no direction given: the better learning rate wins (the diverged one returns 0.0)."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    _ok(run_cli(["-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2",
+                 "optimizer.lr=choice(0.01,1e9)", "model=simple_cnn", "trainer.epochs=1", "trainer.limit_batches=3",
+                 "trainer.batch_size=32", "trainer.limit_eval_batches=1", f"hydra.sweep.dir={sweep}",
+                 f"data.root={tmp_path / 'data'}", "report.arm_panels=false"], cwd=tmp_path))
+    by_lr = {r["config"]["optimizer"]["lr"]: r for r in _summaries(sweep).values()}
+    assert by_lr[1e9]["status"] == "diverged" and by_lr[0.01]["status"] == "completed"
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_params"]["optimizer.lr"] == 0.01
+    assert best["best_value"] == pytest.approx(by_lr[0.01]["final_test_acc"]) and best["best_value"] > 0

@@ -444,6 +444,7 @@ def real_sweep(tmp_path_factory) -> Path:
     return sweep
 
 
+@pytest.mark.slow
 def test_report_shows_best_and_worst_arm_side_by_side(real_sweep):
     out = real_sweep / "report"
     assert _panel_files(out) == PANEL_FILES
@@ -474,6 +475,7 @@ def test_report_shows_best_and_worst_arm_side_by_side(real_sweep):
         assert f"]({name})" in md
 
 
+@pytest.mark.slow
 def test_panels_are_skipped_with_one_line_never_a_traceback(real_sweep, tmp_path):
     sweep = tmp_path / "s"
     shutil.copytree(real_sweep, sweep)  # report/ with both arms' panels included

@@ -231,6 +231,7 @@ runpy.run_module("ablate.run", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="pretends a CPU-only machine has two GPUs")
 def test_multirun_jobs_are_spread_over_gpus_round_robin(tmp_path):
     """Job N asks for cuda:(N mod 2). With no CUDA here each run then fails with the device it was given."""
@@ -248,6 +249,7 @@ def test_multirun_jobs_are_spread_over_gpus_round_robin(tmp_path):
         assert f"trainer.device='cuda:{gpu}' is invalid" in errors[seed], errors[seed]
 
 
+@pytest.mark.slow
 def test_bench_smoke_runs_every_mode(tmp_path):
     p = subprocess.run([sys.executable, "-m", "ablate.bench", "--smoke", "--concurrent", "2", "--out", str(tmp_path),
                         "--sweep-dir", str(tmp_path / "grid")],
@@ -268,6 +270,7 @@ def test_bench_smoke_runs_every_mode(tmp_path):
     assert sorted(merged["trainer.pipeline"]) == ["dataloader", "resident"]
 
 
+@pytest.mark.slow
 def test_dataloader_workers_start_inside_joblib_jobs(tmp_path):
     """loky changes multiprocessing's default context in its job processes; DataLoader workers must still start."""
     sweep = tmp_path / "sweep"

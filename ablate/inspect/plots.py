@@ -1,6 +1,8 @@
 """The figures of a trained model: feature-map grids, Grad-CAM over test images, the confusion matrix.
 
-Each writes one file and returns its path; matplotlib runs on the Agg backend.
+Each writes one file and returns its path. Figures are ``matplotlib.figure.Figure``
+objects saved directly, never pyplot's: drawing here neither needs nor switches a
+backend, so a notebook's stays as it was.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import normalize
@@ -25,46 +28,54 @@ def _image(x: Tensor) -> tuple[np.ndarray, Optional[str]]:
     return (a[0], "gray") if a.shape[0] == 1 else (np.transpose(a, (1, 2, 0)), None)
 
 
-def _plt():
-    import matplotlib
+def _figure(**kw: Any) -> Any:
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kw)
 
 
 def _save(fig: Any, path: Path) -> Path:
-    plt = _plt()
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
+
+
+GRID_PADDING = 2  # pixels between tiles of a feature-map grid
+
+
+def feature_grid(images: Tensor, maps: Tensor, channels: int = 16) -> Tensor:
+    """One RGB image in [0, 1] (3 x H x W), tiled by ``torchvision.utils.make_grid``: a row per image, the
+    input first, then its first ``channels`` maps, each upsampled (nearest) to the input's size, scaled
+    to its own range and coloured with viridis."""
+    from matplotlib import colormaps
+    from torchvision.utils import make_grid
+
+    n, c = maps.shape[0], min(channels, maps.shape[1])
+    h, w = images.shape[-2:]
+    m = F.interpolate(maps[:, :c].detach().float().cpu(), size=(h, w), mode="nearest")
+    lo, hi = m.amin(dim=(2, 3), keepdim=True), m.amax(dim=(2, 3), keepdim=True)
+    m = (m - lo) / (hi - lo).clamp_min(torch.finfo(m.dtype).tiny)
+    coloured = torch.from_numpy(colormaps["viridis"](m.numpy())[..., :3]).float().permute(0, 1, 4, 2, 3)
+    inputs = (images.detach().cpu().float() / 255).expand(n, 3, h, w).unsqueeze(1)  # grey inputs as RGB
+    tiles = torch.cat([inputs, coloured], dim=1).reshape(n * (c + 1), 3, h, w)
+    return make_grid(tiles, nrow=c + 1, padding=GRID_PADDING, pad_value=1.0)
 
 
 def plot_feature_maps(images: Tensor, maps: Tensor, labels: Sequence[str], layer: str, path: Path,
                       channels: int = 16) -> Path:
-    """Rows: images (the input first); columns: the layer's first ``channels`` channels."""
-    plt = _plt()
+    """Rows: images (the input first); columns: the layer's first ``channels`` channels (one image, one axes)."""
     n, c = maps.shape[0], min(channels, maps.shape[1])
-    fig, axes = plt.subplots(n, c + 1, figsize=(1.1 * (c + 1), 1.15 * n + 0.4), squeeze=False,
-                             layout="constrained")
-    for i in range(n):
-        img, cmap = _image(images[i])
-        axes[i][0].imshow(img, cmap=cmap)
-        axes[i][0].set_ylabel(labels[i], fontsize=7)
-        for j in range(c):
-            axes[i][j + 1].imshow(maps[i, j].float().cpu().numpy(), cmap="viridis")
-            if i == 0:
-                axes[i][j + 1].set_title(f"ch {j}", fontsize=7)
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[0][0].set_title("input", fontsize=7)
+    grid = feature_grid(images, maps, channels)
+    tile_h, tile_w = images.shape[-2] + GRID_PADDING, images.shape[-1] + GRID_PADDING
+    fig = _figure(figsize=(0.7 * (c + 1) + 1.0, 0.7 * n + 0.6), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([GRID_PADDING + tile_w * j + tile_w / 2 - 1 for j in range(c + 1)],
+                  ["input", *(f"ch {j}" for j in range(c))], fontsize=6, rotation=90)
+    ax.set_yticks([GRID_PADDING + tile_h * i + tile_h / 2 - 1 for i in range(n)], list(labels), fontsize=6)
+    ax.tick_params(length=0)
     shape = "x".join(map(str, maps.shape[1:]))
-    fig.suptitle(f"feature maps of {layer} ({shape}; {c} of {maps.shape[1]} channels)", fontsize=9)
+    ax.set_title(f"feature maps of {layer} ({shape}; {c} of {maps.shape[1]} channels)", fontsize=8)
     return _save(fig, path)
 
 
@@ -93,7 +104,6 @@ def _gradcam_axes(axes: Any, images: Tensor, cam_pred: Tensor, cam_true: Tensor,
 def gradcam_figure(model: nn.Module, data: TensorData, indices: Sequence[int], layer: Optional[str], path: Path,
                    title: str = "") -> Path:
     """Grad-CAM of the predicted and the true class over the test images ``indices`` (valid indices)."""
-    plt = _plt()
     idx = list(indices)
     images = data.test_x[idx]
     y = data.test_y[idx]
@@ -107,7 +117,8 @@ def gradcam_figure(model: nn.Module, data: TensorData, indices: Sequence[int], l
     cam_pred = gradcam(model, x, pred.to(device), name).cpu()
     cam_true = gradcam(model, x, y.to(device), name).cpu()
     n = len(idx)
-    fig, axes = plt.subplots(3, n, figsize=(1.5 * n + 0.6, 5.0), squeeze=False, layout="constrained")
+    fig = _figure(figsize=(1.5 * n + 0.6, 5.0), layout="constrained")
+    axes = fig.subplots(3, n, squeeze=False)
     _gradcam_axes(axes, images, cam_pred, cam_true, pred, probs.max(1).values, y, data.classes)
     fig.suptitle(f"{title + ': ' if title else ''}Grad-CAM on {name} (test images {', '.join(map(str, idx))})",
                  fontsize=9)
@@ -116,10 +127,10 @@ def gradcam_figure(model: nn.Module, data: TensorData, indices: Sequence[int], l
 
 def confusion_figure(cm: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> Path:
     """Heat map of ``cm`` (rows: true class, columns: predicted), counts written in each cell."""
-    plt = _plt()
     k = len(classes)
     size = 2.5 + 0.45 * k
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    fig = _figure(figsize=(size + 1.0, size))
+    ax = fig.subplots()
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(k), labels=list(classes), rotation=45, ha="right", fontsize=7)

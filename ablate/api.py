@@ -1,0 +1,157 @@
+"""The Python API: train a run or launch a sweep from overrides, and load results as pandas tables.
+
+    import ablate
+    summary = ablate.train_run(["model=lenet", "trainer.epochs=3"])
+    sweep = ablate.sweep(["scheduler=step,cosine", "trainer.seed=0,1"])
+    runs, epochs = ablate.load_runs(sweep), ablate.load_epochs(sweep)
+
+Overrides are the command line's (``GROUP=OPTION``, ``KEY=VALUE``). A run trained here
+leaves the same run directory as ``python -m ablate.run``; a sweep *is* that command
+(``-m``), in a subprocess, so launchers, the report and its verdicts work unchanged.
+The tables are read from run directories through :mod:`ablate.rundir`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from . import rundir
+from .config import is_factor_key
+
+SUMMARY_COLUMNS = ["status", "epochs_done", "epochs_planned", "final_test_acc", "best_test_acc", "best_epoch",
+                   "final_train_acc", "final_test_loss", "final_train_loss", "params", "seconds",
+                   "images_per_second", "config_hash", "error"]
+
+
+def train_run(overrides: Sequence[str] = (), run_dir: Optional[Path | str] = None) -> dict:
+    """Train one run composed from ``overrides`` into ``run_dir`` (default: a new ``outputs/runs/DATE/TIME``);
+    returns its summary (also in ``run_dir/summary.json``).
+
+    As the CLI does: a run already completed there with the same config is not retrained
+    (its summary is returned), a checkpoint of the same config is resumed. Errors raise."""
+    from omegaconf import OmegaConf, open_dict
+
+    from .compose import compose
+    from .config import PRESET_GROUPS, RUN_GROUPS, config_hash
+    from .device import release
+    from .loggers import for_run
+    from .train import fit
+
+    overrides = list(overrides)
+    cfg = compose(overrides, return_hydra_config=True)
+    run_dir = (Path(run_dir) if run_dir is not None else Path(str(cfg.hydra.run.dir))).resolve()
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if k in RUN_GROUPS or k in PRESET_GROUPS}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    h = config_hash(cfg)
+    run_dir, prev = rundir.claim(run_dir, h)
+    if prev is not None and prev.get("status") in ("completed", "diverged"):
+        return prev
+    hydra_dir = run_dir / rundir.HYDRA_DIR  # what readers (report, inspect) take a run's config from
+    hydra_dir.mkdir(exist_ok=True)
+    rundir.atomic_write_bytes(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    rundir.atomic_write_bytes(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)).encode())
+    summary = {"status": "running", "overrides": overrides, "choices": choices,
+               "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": h, "run_dir": str(run_dir)}
+    observer = for_run(cfg)
+    try:
+        summary = fit(cfg, run_dir, h, summary, observer)
+    except Exception as e:
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        rundir.atomic_write_json(run_dir / rundir.SUMMARY_JSON, summary)
+        raise
+    finally:
+        observer.on_end(summary)
+        release()
+    return summary
+
+
+def sweep(overrides: Sequence[str] = (), sweep_dir: Optional[Path | str] = None,
+          extra_args: Sequence[str] = ()) -> Path:
+    """Run ``python -m ablate.run -m *overrides`` into ``sweep_dir`` (default: a new ``outputs/multirun/DATE/TIME``);
+    returns the sweep directory (its runs, and ``report/`` at the end). Output streams to this process's.
+
+    Raises ``subprocess.CalledProcessError`` when the sweep does (a bad override; a failed *run* is recorded
+    in its directory and does not fail the sweep)."""
+    overrides = list(overrides)
+    if sweep_dir is None:  # where the CLI would put it: hydra.sweep.dir of conf/config.yaml
+        from .compose import compose
+
+        sweep_dir = compose(return_hydra_config=True).hydra.sweep.dir
+    sweep_dir = Path(str(sweep_dir))
+    here = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(here), os.environ.get("PYTHONPATH")])))
+    subprocess.run([sys.executable, "-m", "ablate.run", "-m", *overrides, *extra_args,
+                    f"hydra.sweep.dir={sweep_dir.resolve()}"], check=True, env=env)
+    return sweep_dir
+
+
+# ----------------------------------------------------------------------------- results as tables
+def run_dirs(sweeps: Path | str | Iterable[Path | str]) -> list[Path]:
+    """The run directories of one or more sweep directories (a run directory stands for itself)."""
+    roots = [Path(sweeps)] if isinstance(sweeps, (str, Path)) else [Path(s) for s in sweeps]
+    found: list[Path] = []
+    for root in roots:
+        if rundir.is_run_dir(root) and not (root / "multirun.yaml").exists():
+            found.append(root)
+        else:
+            found += sorted(p for p in root.iterdir() if p.is_dir() and rundir.is_run_dir(p))
+    return found
+
+
+def _value(v: str) -> Any:
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(v)
+    except yaml.YAMLError:
+        return v
+    return parsed if isinstance(parsed, (int, float, bool)) else v
+
+
+def _run_row(run: Path) -> dict[str, Any]:
+    summary = rundir.read_summary(run) or {}
+    row: dict[str, Any] = {"run": run.name, "path": str(run)}
+    for o in rundir.read_overrides(run, summary):
+        if "=" in o and is_factor_key(o.split("=", 1)[0]):
+            key, value = o.split("=", 1)
+            row[key.lstrip("+~")] = _value(value)
+    row.update({k: summary.get(k) for k in SUMMARY_COLUMNS})
+    if row["status"] is None:
+        row["status"] = "running" if rundir.epochs_text(run) else "launched"
+    return row
+
+
+def load_runs(sweeps: Path | str | Iterable[Path | str]) -> "Any":
+    """One row per run: ``run`` (its directory's name), ``path``, the overrides that say what it is or how it ran
+    as columns (values parsed:
+    ``trainer.seed`` is an int), then status, final/best test accuracy, best epoch, params, seconds, ..."""
+    import pandas as pd
+
+    return pd.DataFrame([_run_row(r) for r in run_dirs(sweeps)])
+
+
+def load_epochs(sweeps: Path | str | Iterable[Path | str]) -> "Any":
+    """One row per run x epoch: ``run``, the run's override columns, then every ``epochs.csv`` column."""
+    import io
+
+    import pandas as pd
+
+    frames = []
+    for run in run_dirs(sweeps):
+        text = rundir.epochs_text(run)
+        if text is None:
+            continue
+        df = pd.read_csv(io.StringIO(text))
+        head = {k: v for k, v in _run_row(run).items() if k not in SUMMARY_COLUMNS and k != "path"}
+        for i, (k, v) in enumerate(head.items()):
+            df.insert(i, k, v)
+        frames.append(df)
+    columns = ["run", *rundir.EPOCH_COLUMNS]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
