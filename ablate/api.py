@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import rundir
-from .config import is_factor_key
+from .identity import is_factor_key
 
 SUMMARY_COLUMNS = ["status", "epochs_done", "epochs_planned", "final_test_acc", "best_test_acc", "best_epoch",
                    "final_train_acc", "final_test_loss", "final_train_loss", "params", "seconds",
@@ -37,7 +37,7 @@ def train_run(overrides: Sequence[str] = (), run_dir: Optional[Path | str] = Non
     from omegaconf import OmegaConf, open_dict
 
     from .compose import compose
-    from .config import PRESET_GROUPS, RUN_GROUPS, config_hash
+    from .identity import PRESET_GROUPS, RUN_GROUPS, config_hash
     from .device import release
     from .loggers import for_run
     from .train import fit

@@ -38,7 +38,8 @@ import pandas as pd
 
 from . import rundir
 from .compose import compose
-from .config import ConfigError, is_identity_key
+from .config import ConfigError
+from .identity import is_identity_key
 
 GRID = ("scheduler=step,cosine,plateau", "model=lenet,simple_cnn,cnn3", "trainer.seed=0,1,2")
 SMOKE = dict(dataset="fashion_mnist_mini", model="lenet", epochs=2, limit_batches=8, loader_batch_size=64,

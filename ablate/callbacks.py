@@ -17,7 +17,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, ReportConf, check_sweep
+from .config import ConfigError, ReportConf
+from .identity import check_sweep
 from .events import logger_conf
 
 log = logging.getLogger("ablate")
@@ -29,7 +30,7 @@ class ReportCallback(Callback):
     Hydra 1.3 skips ``on_multirun_end`` when a job raised, so the start hook also
     prints the command that builds the same report from the run directories. The start
     hook also refuses a sweep over an option that is not part of a run's identity
-    (:func:`ablate.config.check_sweep`) before any job starts."""
+    (:func:`ablate.identity.check_sweep`) before any job starts."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         params = config.hydra.sweeper.get("params") or {}

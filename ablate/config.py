@@ -1,4 +1,4 @@
-"""What a run is made of: config schemas, registries, validation, and a run's identity.
+"""What a run is made of: config schemas, registries and validation.
 
 Every config group option (``conf/<group>/<name>.yaml``) is typed by a dataclass
 registered in Hydra's ConfigStore under ``schema/<group>/<name>``; the YAML pulls
@@ -19,19 +19,16 @@ shell completion) stays fast.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 T = TypeVar("T")
-
 
 
 def _conf_dir() -> Path:
@@ -335,131 +332,3 @@ for _group, _schema in (("trainer", TrainerConf), ("regularization", Regularizat
                         ("augment", AugmentConf), ("report", ReportConf), ("inspect", InspectConf),
                         ("logger", LoggerConf)):
     store_schema(_group, "base", _schema)
-
-
-# --------------------------------------------------------------------------- what a run is
-# A run is its choice in each of these groups, as resolved...
-RUN_GROUPS = ("dataset", "model", "optimizer", "scheduler", "augment", "regularization", "trainer")
-# ...set directly or through a preset (whose choice is recorded too)...
-PRESET_GROUPS = ("experiment", "variant", "structure", "hparams_search")
-# ...minus the keys that say how or where it runs, not what it computes. A finished run relaunched with
-# another value of these is the same run: skipped, or resumed where it stopped.
-# How it executes: a report may still compare these (sweeps run once per value, merged).
-EXECUTION_KEYS = frozenset({
-    "trainer.device", "trainer.pipeline", "trainer.num_workers", "trainer.channels_last", "trainer.compile",
-    "trainer.cuda_graph", "trainer.cudnn_benchmark", "trainer.eval_batch_size",
-})
-# Bookkeeping: never a difference between runs.
-BOOKKEEPING_KEYS = frozenset({"trainer.log_every", "trainer.checkpoint_every", "trainer.fail_fast",
-                              "trainer.failure_value", "trainer.save_best"})
-NOT_IDENTITY = EXECUTION_KEYS | BOOKKEEPING_KEYS
-# trainer.amp stays in the identity: bf16 and float32 are different arithmetic, and a sweep over them
-# must give two runs.
-
-
-def _key(override_key: str) -> str:
-    return override_key.lstrip("+~").split("@", 1)[0]
-
-
-def is_identity_key(key: str) -> bool:
-    """Whether an override key (``trainer.seed``, ``scheduler``, ``+variant``) changes what a run is.
-
-    Everything outside the run's groups (``data.*``, ``report.*``, ``dry_run``,
-    ``hydra/launcher``, ...) says where or how a run is read, never what it is."""
-    key = _key(key)
-    group = key.split(".", 1)[0]
-    return (group in RUN_GROUPS or group in PRESET_GROUPS) and key not in NOT_IDENTITY
-
-
-def is_factor_key(key: str) -> bool:
-    """Whether runs that differ in this key may be compared on it in a report: identity or execution keys."""
-    return is_identity_key(key) or _key(key) in EXECUTION_KEYS
-
-
-def check_sweep(overrides: Sequence[str]) -> None:
-    """Refuse a sweep over a key outside the run's identity: its jobs would share one run directory.
-
-    ``overrides`` are the command line's (``trainer.cuda_graph=true,false``) and a preset's sweeper
-    params; one-line ConfigError saying what to do instead."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    for line in overrides:
-        try:
-            (o,) = parser.parse_overrides([str(line)])
-        except Exception:  # noqa: BLE001  (Hydra itself reports unparsable overrides)
-            continue
-        key = o.key_or_group
-        if o.is_sweep_override() and key.split(".", 1)[0] in RUN_GROUPS and not is_identity_key(key):
-            raise ConfigError(
-                f"{key} is swept, but it says how a run executes, not what it is: every value would land in "
-                f"the same run directory; launch one sweep per value (hydra.sweep.dir=...) and compare them "
-                f"with python -m ablate.report SWEEP_A SWEEP_B --out DIR")
-
-
-def config_hash(cfg: DictConfig | dict) -> str:
-    """Identity of a run: the resolved config of :data:`RUN_GROUPS` minus :data:`NOT_IDENTITY`."""
-    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    d = {k: v for k, v in d.items() if k in RUN_GROUPS}
-    for key in NOT_IDENTITY:
-        group, name = key.split(".", 1)
-        if isinstance(d.get(group), dict):
-            d[group] = {k: v for k, v in d[group].items() if k != name}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def job_dirname(overrides: Sequence[str]) -> str:
-    """A sweep job's directory name: its identity overrides, sorted (``scheduler=step,trainer.seed=1``).
-
-    Named from the overrides, never from the job number, so a relaunch finds the
-    same directory; ``default`` when no override belongs to the run's identity."""
-    lines = sorted(str(o) for o in overrides if "=" in str(o) and is_identity_key(str(o).split("=", 1)[0]))
-    return ",".join(lines) or "default"
-
-
-def _register_resolvers() -> None:
-    for name, fn in {
-        "ablate_subdir": lambda task: job_dirname(list(task) if isinstance(task, (list, ListConfig)) else []),
-        "multiply": lambda a, b: float(a) * float(b),
-        # Log lines name their job (the run directory's name): parallel jobs share one terminal.
-        "ablate_job": lambda output_dir: Path(str(output_dir)).name,
-        "ablate_groups": lambda: config_groups_text(),
-    }.items():
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
-
-
-def config_groups_text() -> str:
-    """``group: option, option`` for every user-facing group in ``conf/`` (``--help``; Hydra's own list also
-    shows the ``schema/*`` groups and the launchers' internals)."""
-    groups = sorted(d for d in CONF_DIR.iterdir() if d.is_dir() and d.name != "hydra")
-    return "\n".join(f"  {d.name}: {', '.join(sorted(p.stem for p in d.glob('*.yaml')))}" for d in groups)
-
-
-# ``hydra/sweeper=optuna`` maximises unless told otherwise: a run returns its test accuracy. The plugin's
-# default is to minimise. The class is at module level so the joblib launcher can pickle the ConfigStore.
-try:
-    from hydra_plugins.hydra_optuna_sweeper.config import Direction, OptunaSweeperConf
-except ImportError:  # the optional extra is not installed
-    OptunaSweeperConf = None
-
-if OptunaSweeperConf is not None:
-    @dataclass
-    class MaximisingOptunaSweeperConf(OptunaSweeperConf):
-        direction: Any = Direction.maximize
-
-
-def store_sweeper_defaults() -> None:
-    """Store the Optuna sweeper's schema again with ``direction: maximize`` (``hydra.sweeper.direction=...``
-    still wins). Hydra's plugin scan re-executes plugin modules, which store their own schema; it runs once
-    per process, so it is run first here."""
-    if OptunaSweeperConf is None:
-        return
-    from hydra.core.plugins import Plugins
-
-    Plugins.instance()
-    ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=MaximisingOptunaSweeperConf,
-                                 provider="ablate")
-
-
-_register_resolvers()

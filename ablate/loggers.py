@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import progress, rundir
-from .config import ConfigError, MlflowConf, TensorBoardConf, is_identity_key
+from .config import ConfigError, MlflowConf, TensorBoardConf
+from .identity import is_identity_key
 from .events import Observer, Observers, logger_conf
 
 EPOCH_METRICS = [c for c in rundir.EPOCH_COLUMNS if c != "epoch"]

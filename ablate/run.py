@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import rundir, runlock
 from .compose import validate  # importing it registers every group's schema before Hydra composes
-from .config import CONF_DIR, PRESET_GROUPS, RUN_GROUPS, ConfigError, config_hash
+from .config import CONF_DIR, ConfigError
+from .identity import PRESET_GROUPS, RUN_GROUPS, config_hash
 from .data import DataError
 from .progress import print_result
 from .rundir import CheckpointError

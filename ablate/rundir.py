@@ -266,7 +266,7 @@ def hydra_config_path(run_dir: Path) -> Path:
 
 def read_overrides(run_dir: Path, summary: dict | None = None) -> list[str]:
     """The job's overrides: from its summary, else ``.hydra/overrides.yaml``, else its directory name
-    (a job dir is named from its overrides, :func:`ablate.config.job_dirname`)."""
+    (a job dir is named from its overrides, :func:`ablate.identity.job_dirname`)."""
     import re
 
     summary = read_summary(run_dir) if summary is None else summary

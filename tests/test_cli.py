@@ -17,9 +17,10 @@ from conftest import ROOT
 
 
 def test_sweep_presets_are_sweeps_without_dash_m():
-    for preset in ("experiment=homework", "experiment=birds_vs_planes", "experiment=cifar10_schedulers"):
+    for preset in ("experiment=homework_schedulers", "experiment=birds_vs_planes", "experiment=cifar10_schedulers"):
         assert compose([preset], return_hydra_config=True).hydra.mode == RunMode.MULTIRUN, preset
-    assert compose(["experiment=cifar10_cnn"], return_hydra_config=True).hydra.mode in (None, RunMode.RUN)
+    for preset in ("experiment=cifar10_cnn", "experiment=homework"):  # single runs
+        assert compose([preset], return_hydra_config=True).hydra.mode in (None, RunMode.RUN), preset
 
 
 def test_optuna_maximises_unless_told_otherwise():

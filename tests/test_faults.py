@@ -24,7 +24,7 @@ from conftest import ROOT, make_cfg, run_cli
 
 from ablate import report, rundir, runlock
 from ablate.config import ConfigError
-from ablate.config import config_hash
+from ablate.identity import config_hash
 from ablate.rundir import CheckpointError
 from ablate.train import fit
 

@@ -8,8 +8,8 @@ import pytest
 
 from ablate import rundir
 from ablate.compose import compose
-from ablate.config import (BOOKKEEPING_KEYS, EXECUTION_KEYS, check_sweep, config_hash, is_factor_key,
-                           is_identity_key, job_dirname)
+from ablate.identity import (BOOKKEEPING_KEYS, EXECUTION_KEYS, check_sweep, config_hash, is_factor_key,
+                             is_identity_key, job_dirname)
 from conftest import make_cfg, run_cli
 
 # A value other than the default for every key outside a run's identity.
@@ -38,7 +38,7 @@ def test_every_key_outside_the_identity_leaves_hash_and_name_alone():
 
 
 def test_job_dirs_are_named_by_the_identity_definition():
-    """conf/config.yaml names job dirs through ablate.config.job_dirname, nothing of its own."""
+    """conf/config.yaml names job dirs through ablate.identity.job_dirname, nothing of its own."""
     cfg = compose(["scheduler=step", "trainer.seed=1", "trainer.device=cpu", "data.root=/x", "report.seed=2",
                    "experiment=lenet_fashion"], return_hydra_config=True)
     from omegaconf import OmegaConf

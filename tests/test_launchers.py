@@ -21,7 +21,7 @@ import yaml
 from conftest import ROOT, make_cfg, run_cli
 
 from ablate.compose import compose
-from ablate.config import config_hash
+from ablate.identity import config_hash
 from ablate.report.cli import main as report_main
 
 pytestmark = pytest.mark.slow
@@ -279,9 +279,13 @@ def test_slurm_preset_reaches_sbatch_and_a_requeue_reruns_the_same_job(tmp_path,
 
 def test_a_sweep_preset_sweeps_without_dash_m(tmp_path):
     sweep = tmp_path / "sweep"
-    out = _ok(run_cli(["experiment=homework", "dry_run=true", f"hydra.sweep.dir={sweep}"], cwd=tmp_path))
+    from fakedata import make_mnist_like
+
+    make_mnist_like(tmp_path / "data")  # a dry run checks the data set is there, as a launch does
+    out = _ok(run_cli(["experiment=homework_schedulers", "dry_run=true", f"hydra.sweep.dir={sweep}",
+                       f"data.root={tmp_path / 'data'}"], cwd=tmp_path))
     lines = [ln for ln in out.splitlines() if ln.startswith("[dry run]")]
-    assert len(lines) == 36 and len({ln.split(" -> ")[1] for ln in lines}) == 36
+    assert len(lines) == 18 and len({ln.split(" -> ")[1] for ln in lines}) == 18
     assert "Dry run: nothing was trained" in out
 
 

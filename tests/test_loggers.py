@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 import rundirs
 from ablate import events, loggers, rundir
-from ablate.config import MlflowConf, config_hash, job_dirname
+from ablate.config import MlflowConf
+from ablate.identity import config_hash, job_dirname
 from ablate.train import fit
 from conftest import make_cfg
 

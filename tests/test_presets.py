@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from ablate.compose import compose
-from ablate.config import RUN_GROUPS
+from ablate.identity import RUN_GROUPS
 
 # preset -> (its one factor, its levels, the preset whose resolved run config is its base)
 SWEEPS = {

@@ -22,7 +22,7 @@ import rundirs
 from ablate import rundir
 from ablate.callbacks import verdict_lines
 from ablate.compose import compose
-from ablate.config import job_dirname
+from ablate.identity import job_dirname
 from ablate.events import Observer
 from ablate.monitor import SweepMonitor, planned_jobs
 from ablate.train import fit

@@ -143,7 +143,7 @@ def test_cuda_graph_on_cpu_runs_eager_and_says_why(cfg_factory, tmp_path, caplog
 
 
 def test_cuda_graph_is_a_speed_option_not_part_of_a_runs_identity(cfg_factory):
-    from ablate.config import config_hash
+    from ablate.identity import config_hash
 
     base = config_hash(cfg_factory())
     assert config_hash(cfg_factory("trainer.cuda_graph=true")) == base

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..config import ReportConf, is_factor_key
+from ..config import ReportConf
+from ..identity import is_factor_key
 from .runs import FLAGS, SEED_KEY, Run, num, sweep_plan
 
 MAX_VERDICTS = 10  # comparison lines per factor; the table ranks the rest
