@@ -37,10 +37,8 @@ def train_run(overrides: Sequence[str] = (), run_dir: Optional[Path | str] = Non
     from omegaconf import OmegaConf, open_dict
 
     from .compose import compose
-    from .identity import PRESET_GROUPS, RUN_GROUPS, config_hash
-    from .device import release
-    from .loggers import for_run
-    from .train import fit
+    from .identity import PRESET_GROUPS, RUN_GROUPS
+    from .job import run_job
 
     overrides = list(overrides)
     cfg = compose(overrides, return_hydra_config=True)
@@ -48,27 +46,10 @@ def train_run(overrides: Sequence[str] = (), run_dir: Optional[Path | str] = Non
     choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if k in RUN_GROUPS or k in PRESET_GROUPS}
     with open_dict(cfg):
         del cfg["hydra"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    h = config_hash(cfg)
-    run_dir, prev = rundir.claim(run_dir, h)
-    if prev is not None and prev.get("status") in ("completed", "diverged"):
-        return prev
-    hydra_dir = run_dir / rundir.HYDRA_DIR  # what readers (report, inspect) take a run's config from
-    hydra_dir.mkdir(exist_ok=True)
-    rundir.atomic_write_bytes(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-    rundir.atomic_write_bytes(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)).encode())
-    summary = {"status": "running", "overrides": overrides, "choices": choices,
-               "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": h, "run_dir": str(run_dir)}
-    observer = for_run(cfg)
-    try:
-        summary = fit(cfg, run_dir, h, summary, observer)
-    except Exception as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-        rundir.atomic_write_json(run_dir / rundir.SUMMARY_JSON, summary)
-        raise
-    finally:
-        observer.on_end(summary)
-        release()
+    record = {"config.yaml": OmegaConf.to_yaml(cfg), "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(overrides))}
+    summary, error = run_job(cfg, run_dir, overrides, choices, record)
+    if error is not None:
+        raise error
     return summary
 
 

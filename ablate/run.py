@@ -1,20 +1,18 @@
-"""``python -m ablate.run``: one Hydra job = one training run in its own directory.
+"""``python -m ablate.run``: one Hydra job = one training run in its own directory (:mod:`ablate.job`).
 
-Failures stay inside their run: an error is written to ``summary.json`` (status
-``failed``, with the traceback, also logged) and the job returns normally, so
-the other jobs, the report and the exit status of a sweep are unaffected
-(``trainer.fail_fast=true`` re-raises instead; a single run, without ``-m``,
-exits non-zero). Rerunning a sweep with ``hydra.sweep.dir=<old sweep>`` skips
-runs already completed with the same resolved config and resumes the others from
-their last checkpoint. Each run directory has one writer: a job meeting a run
-that another live process holds skips it (:class:`ablate.runlock.RunLock`).
+In a sweep a failed run is recorded in its directory and the job returns normally,
+so the other jobs, the report and the sweep's exit status are unaffected
+(``trainer.fail_fast=true`` re-raises instead); a single run, without ``-m``, exits
+non-zero. Rerunning a sweep with ``hydra.sweep.dir=<old sweep>`` skips runs already
+completed with the same resolved config and resumes the others from their last
+checkpoint; a run another live process writes is skipped with one line. Here:
+what only a Hydra job has (its directory and overrides, the dry run, GPU spread).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import rundir, runlock
 from .compose import validate  # importing it registers every group's schema before Hydra composes
+from .job import run_job, score
 from .config import CONF_DIR, ConfigError
 from .identity import PRESET_GROUPS, RUN_GROUPS, config_hash
 from .data import DataError
@@ -97,84 +96,28 @@ def _spread_over_gpus(cfg: DictConfig) -> None:
             cfg.trainer.device = f"cuda:{num % n}"
 
 
-def score(summary: dict, failure_value: float) -> float:
-    """What a run returns to a sweeper (Optuna's objective): its final validation accuracy, never a test
-    number, unless it has no validation split (``selection: test``, a tutorial's way); ``failure_value``
-    for a run that did not complete."""
-    acc = summary.get("final_val_acc" if summary.get("selection") == "val" else "final_test_acc")
-    return float(acc) if summary.get("status") == "completed" and acc is not None else float(failure_value)
-
-
 def run(cfg: DictConfig) -> float:
-    """Train (or skip, or resume) the run Hydra composed; return its :func:`score`."""
+    """Train (or skip, or resume) the run Hydra composed; return its :func:`ablate.job.score`."""
     run_dir, overrides, choices, multirun = _job_info()
-    h = config_hash(cfg)
     if cfg.get("dry_run"):
-        return _dry_run(cfg, run_dir, overrides, h, multirun)
+        return _dry_run(cfg, run_dir, overrides, config_hash(cfg), multirun)
+    _spread_over_gpus(cfg)
     try:
-        run_dir, prev, lock = rundir.claim(run_dir, h)
+        summary, error = run_job(cfg, run_dir, overrides, choices, _record(cfg), multirun)
     except runlock.RunLocked as e:
         log.warning("%s", e)
         if not multirun:
             sys.exit(f"ablate: {e}")
         return float(cfg.trainer.failure_value)
-    with lock:
-        return _run_locked(cfg, run_dir, prev, h, overrides, choices, multirun)
-
-
-def _run_locked(cfg: DictConfig, run_dir: Path, prev: dict | None, h: str, overrides: list[str],
-                choices: dict[str, Any], multirun: bool) -> float:
-    rundir.remove_stale_temps(run_dir)
-    if prev is not None and prev.get("status") in ("completed", "diverged"):
-        log.info("%s: already %s with this config; skipping", run_dir.name, prev["status"])
-        if not multirun:
-            print_result(dict(prev, run_dir=str(run_dir)))
-        return score(prev, cfg.trainer.failure_value)
-    record = _record(cfg)
-    _spread_over_gpus(cfg)
-
-    from .device import release  # torch: only once there is a run to train
-    from .loggers import for_run
-    from .train import fit
-
-    summary = {"status": "running", "overrides": overrides, "choices": choices,
-               "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": h, "run_dir": str(run_dir),
-               **runlock.owner()}
-    observer = None
-    try:
-        rundir.write_record(run_dir, record)
-        observer = for_run(cfg, multirun)  # progress, and the trackers cfg.logger names
-        summary = fit(cfg, run_dir, h, summary, observer)
-    except Exception as e:
-        if cfg.trainer.get("fail_fast"):
-            raise
-        summary = _record_failure(run_dir, summary, e)
-        if isinstance(e, (ConfigError, DataError, CheckpointError)) and not multirun:
-            sys.exit(f"ablate: {e}")  # bad input: one line, non-zero exit
-        log.error("%s failed: %s: %s\n%s", run_dir.name, type(e).__name__, e, traceback.format_exc())
-        if not multirun:
-            sys.exit(f"ablate: {run_dir.name} failed: {type(e).__name__}: {e}")
-        return float(cfg.trainer.failure_value)
-    finally:
-        if observer is not None:
-            observer.on_end(summary)
-        release()
-        if not multirun:
-            print_result(summary)  # a single run ends naming its directory and accuracy
+    if error is not None:
+        if isinstance(error, (ConfigError, DataError, CheckpointError)) and not multirun:
+            sys.exit(f"ablate: {error}")  # bad input: one line, non-zero exit
+        log.error("%s failed: %s\n%s", Path(summary["run_dir"]).name, summary["error"], summary.get("traceback"))
+    if not multirun:
+        print_result(summary)  # a single run ends naming its directory and accuracy
+        if error is not None:
+            sys.exit(f"ablate: {Path(summary['run_dir']).name} failed: {summary['error']}")
     return score(summary, cfg.trainer.failure_value)
-
-
-def _record_failure(run_dir: Path, summary: dict, e: Exception) -> dict:
-    """``status: failed`` over the last summary the trainer wrote (its epochs kept), even on a full disk;
-    a record that cannot be written is logged, never raised: the sweep goes on. Returns the record."""
-    last = rundir.read_summary(run_dir) or {}
-    record = {**summary, **(last if last.get("config_hash") == summary["config_hash"] else {}), **runlock.owner(),
-              "status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    try:
-        rundir.write_summary_anyway(run_dir, record)
-    except OSError as w:
-        log.error("%s: the failure could not be recorded in %s (%s)", run_dir.name, rundir.SUMMARY_JSON, w)
-    return record
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

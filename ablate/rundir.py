@@ -349,6 +349,7 @@ def claim(run_dir: Path, h: str) -> tuple[Path, dict | None, RunLock]:
     Raises :class:`ablate.runlock.RunLocked` when another live process holds it. The old
     directory of a changed config is left exactly as it was."""
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes a job's; a caller of the Python API may not
     try:
         lock: RunLock | None = RunLock(run_dir)
         busy = None
