@@ -83,9 +83,15 @@ class RunLock:
 
 def lock_held(run_dir: Path) -> bool | None:
     """Whether a live process holds the run's lock; None when it cannot be told (no lock file, or a
-    filesystem without ``flock``). Probed with a shared lock, released at once."""
+    filesystem without ``flock``)."""
+    return held(Path(run_dir) / LOCK)
+
+
+def held(path: Path) -> bool | None:
+    """Whether a live process holds an exclusive ``flock`` on ``path`` (a file or a folder); None when it
+    cannot be told. Probed with a shared lock, released at once."""
     try:
-        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:

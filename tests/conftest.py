@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -35,5 +36,19 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "ablate.run", *args], cwd=cwd, env=e, capture_output=True,
                           text=True, timeout=timeout)
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str):
+    """A real, small filesystem mounted at ``where`` (a full disk without filling this machine's);
+    the test is skipped where mounting needs privileges this process lacks."""
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import their own helpers (fakedata, rundirs)

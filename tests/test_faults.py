@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, make_cfg, run_cli
+from conftest import ROOT, make_cfg, run_cli, tmpfs
 
 from ablate import report, rundir, runlock
 from ablate.config import ConfigError
@@ -617,13 +617,8 @@ def test_the_printed_report_command_is_shell_quoted(tmp_path, capsys):
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 1.2 MiB filesystem: room for one LeNet checkpoint (750 kB), not for a second."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path / "disk", "1200k") as mnt:
+        yield mnt
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import make_cfg, tmpfs
 
 from ablate import rundir, runlock
 from ablate.train import fit
@@ -148,12 +148,7 @@ def test_run_files_get_the_permissions_the_umask_gives(tmp_path, umask):
 @pytest.fixture
 def full_disk(tmp_path):
     """A 1 MiB tmpfs holding a run's summary and CSV rows, then filled to the last byte."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    try:
+    with tmpfs(tmp_path / "fs", "1m") as mnt:
         run = mnt / "run"
         run.mkdir()
         rundir.atomic_write_json(run / rundir.SUMMARY_JSON, {"status": "running", "config": {"x": "y" * 2000}})
@@ -167,8 +162,6 @@ def full_disk(tmp_path):
         finally:
             os.close(fd)
         yield run
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _assert_enospc(e: pytest.ExceptionInfo, path: Path) -> None:

@@ -17,6 +17,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from ..runlock import held
+
 # renameat2(2), which Python does not wrap: swaps two paths in one step (Linux >= 3.15, glibc >= 2.28).
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
@@ -27,20 +29,8 @@ def _temp_beside(out: Path) -> Path:
 
 
 def _busy(folder: Path) -> bool:
-    """Whether a live writer holds the folder (probed with a shared flock, released at once)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    """Whether a live writer holds the folder."""
+    return bool(held(folder))
 
 
 def remove_leftovers(out: Path) -> list[Path]:
