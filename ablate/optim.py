@@ -13,7 +13,6 @@ says when it steps (every ``epoch`` or every ``step``) and on which metric, if a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
