@@ -61,12 +61,23 @@ def memory_runs(acc: np.ndarray, paired: bool) -> list[report.Run]:
     return runs
 
 
+def printed_verdicts(rep: report.Report) -> list[str]:
+    """The verdict bullets of report.md, as a student reads them."""
+    md = report.markdown(rep)
+    section = md[md.index("## Verdicts"):md.index("## Tables")].split("Warnings:")[0]
+    return [line[2:] for line in section.splitlines() if line.startswith("- ")]
+
+
+def said_a_winner(rep: report.Report) -> bool:
+    return any(" beats " in line for line in printed_verdicts(rep))
+
+
 # ----------------------------------------------------------------------------- simulations
 NULL_DESIGNS = [(2, 2, True, 40), (3, 3, True, 60), (9, 3, True, 24), (4, 5, False, 30)]  # levels, seeds, paired, sweeps
 
 
 @pytest.fixture(scope="module")
-def null_reports(tmp_path_factory) -> dict[tuple, list[list[vd.Verdict]]]:
+def null_reports(tmp_path_factory) -> dict[tuple, list[report.Report]]:
     """Every NULL_DESIGNS sweep written as run directories and read back by the real report."""
     tmp = tmp_path_factory.mktemp("null")
     out = {}
@@ -74,24 +85,25 @@ def null_reports(tmp_path_factory) -> dict[tuple, list[list[vd.Verdict]]]:
         rng = np.random.default_rng(100 + k)
         out[(levels, seeds, paired)] = [
             report.build([rundirs.finals_sweep(tmp / f"{levels}x{seeds}{paired}-{i}", draw(rng, levels, seeds, paired),
-                                               paired)], plots=False).verdicts
+                                               paired)], plots=False)
             for i in range(sweeps)]
     return out
 
 
 @pytest.mark.parametrize("design", [d[:3] for d in NULL_DESIGNS], ids=lambda d: f"{d[0]}x{d[1]}-{'paired' if d[2] else 'unpaired'}")
 def test_no_real_difference_gives_a_false_winner_in_at_most_5_percent_of_sweeps(null_reports, design):
-    """The old report declared a winner in 46% (3 x 3) to 94% (9 x 3) of such sweeps."""
-    families = null_reports[design]
+    """The old report printed a winner in 46% (3 x 3) to 94% (9 x 3) of such sweeps."""
+    reps = null_reports[design]
+    printed = np.mean([said_a_winner(rep) for rep in reps])
+    assert printed <= binomial_ceiling(0.05, len(reps)), f"{design}: a printed winner in {printed:.0%} of sweeps"
     levels = design[0]
-    assert all(len(vs) == levels * (levels - 1) // 2 for vs in families)  # every pair stated, one family
-    assert all(v.c.family == len(vs) for vs in families for v in vs if math.isfinite(v.c.p_value))
-    rate = np.mean([any(v.conclusive for v in vs) for vs in families])
-    assert rate <= binomial_ceiling(0.05, len(families)), f"{design}: false winner in {rate:.0%} of sweeps"
+    assert all(len(rep.verdicts) == levels * (levels - 1) // 2 for rep in reps)  # every pair stated, one family
+    assert all(v.c.family == len(rep.verdicts) for rep in reps for v in rep.verdicts if math.isfinite(v.c.p_value))
+    assert np.mean([any(v.conclusive for v in rep.verdicts) for rep in reps]) == printed
 
 
 def test_false_winners_pooled_over_the_null_designs(null_reports):
-    flags = [any(v.conclusive for v in vs) for fams in null_reports.values() for vs in fams]
+    flags = [said_a_winner(rep) for reps in null_reports.values() for rep in reps]
     assert np.mean(flags) <= binomial_ceiling(0.05, len(flags), 2.0)
 
 
@@ -164,31 +176,39 @@ def _lines(rep: report.Report) -> list[str]:
 
 
 def test_two_seeds_that_agree_are_not_a_zero_width_interval(tmp_path):
-    """Old: "95% CI +0.50 to +0.50, 2 seeds" and a winner. Two seeds cannot settle anything at 5%."""
+    """Old: "95% CI +0.50 to +0.50, 2 seeds" and a winner. Two seeds that agree have no spread to build an
+    interval from; the exact sign-flip test says they settle nothing, and how many would."""
     sweep = rundirs.sweep(tmp_path / "s", {"cosine": [0.815, 0.825], "step": [0.81, 0.82]})
     rep = report.build([sweep], plots=False)
+    (printed,) = printed_verdicts(rep)
+    assert printed.startswith("cosine vs step: inconclusive, cosine ahead by 0.50 points (no interval: no spread")
+    assert " beats " not in printed and "+0.50 to +0.50" not in printed
+    assert "6 seeds that all agree would settle it" in printed  # 2 / 2^6 < 5%
     (v,) = rep.verdicts
     assert not v.conclusive and not v.c.has_interval and v.c.p_value == pytest.approx(0.5)
-    (line,) = _lines(rep)
-    assert line.startswith("cosine vs step: inconclusive, cosine ahead by 0.50 points (no interval: no spread")
-    assert "+0.50 to +0.50" not in line and "2 seeds that all agree" not in line
-    assert "6 seeds that all agree would settle it" in line  # 2 / 2^6 < 5%
 
 
 def test_three_seed_interval_is_student_t_not_min_to_max(sweep3):
-    """Old: the percentile bootstrap of 3 seeds printed [min, max] of the differences at any level."""
-    d = np.array(FINALS["cosine"]) - np.array(FINALS["step"])
+    """Old: the percentile bootstrap of 3 seeds printed [min, max] of the differences at any level. Now the
+    t interval at the level Holm tested the comparison at, recomputed here from the three differences."""
+    import scipy.stats as st
+
+    d = {(x, y): np.array(FINALS[x]) - np.array(FINALS[y]) for x, y in (("cosine", "step"), ("cosine", "plateau"),
+                                                                     ("plateau", "step"))}
     widths = {}
     for conf in (0.95, 0.99):
+        p = [2 * st.t.sf(abs(x.mean()) / (x.std(ddof=1) / math.sqrt(3)), 2) for x in d.values()]
+        _, levels = stats.holm(p, 1 - conf)
+        x, level = d[("cosine", "step")], levels[0]
+        half = st.t.ppf(1 - level / 2, 2) * x.std(ddof=1) / math.sqrt(3)
         rep = report.build([sweep3], plots=False, confidence=conf)
+        line = next(y for y in printed_verdicts(rep) if "cosine" in y and "step" in y)
+        assert (f"{100 * (1 - level):.4g}% CI {100 * (x.mean() - half):+.2f} to {100 * (x.mean() + half):+.2f}"
+                in line)
+        assert x.mean() - half < x.min() and x.mean() + half > x.max()  # wider than [min, max]
         v = report.compare_levels(rep, "scheduler", "cosine", "step")
-        level = 1 - v.c.confidence  # Holm's level for this comparison (3 comparisons)
-        import scipy.stats as st
-
-        half = st.t.ppf(1 - level / 2, 2) * d.std(ddof=1) / math.sqrt(3)
-        assert (v.c.ci_low, v.c.ci_high) == pytest.approx((d.mean() - half, d.mean() + half))
-        assert v.c.ci_low < d.min() and v.c.ci_high > d.max()
-        widths[conf] = v.c.ci_high - v.c.ci_low
+        assert (v.c.ci_low, v.c.ci_high) == pytest.approx((x.mean() - half, x.mean() + half))
+        widths[conf] = 2 * half
     assert widths[0.99] > widths[0.95]
 
 
@@ -224,21 +244,22 @@ def test_wins_are_counted_not_called_a_fresh_seed_probability(tmp_path, sweep3):
 def test_diverged_and_failed_runs_are_counted_not_dropped(tmp_path):
     """Old: marking one cosine seed diverged turned "inconclusive" into "cosine beats plateau ... P = 1.00"."""
     sweep = rundirs.sweep(tmp_path / "s", {"cosine": [0.83, 0.84, 0.845], "plateau": [0.805, 0.83, 0.80]})
-    assert not report.build([sweep], plots=False).verdicts[0].conclusive
+    assert not said_a_winner(report.build([sweep], plots=False))
     rundirs.write_run(sweep, ["scheduler=cosine", "trainer.seed=2"], [0.5, 0.6], train_loss=[0.9, float("nan")],
                       test_loss=[0.5, None], status="diverged", error="non-finite training loss in epoch 2",
                       epochs_planned=5)  # overwrites the finished seed 2 of cosine
     rundirs.write_run(sweep, ["scheduler=plateau", "trainer.seed=3"], [0.3], status="failed", error="boom",
                       epochs_planned=5)
     rep = report.build([sweep], plots=False)
+    (printed,) = printed_verdicts(rep)
+    assert "cosine diverged on 1 of 3 seeds (entered at chance, 10.00%)" in printed
+    assert "1 of plateau's 4 seeds was left out (the run failed or stopped early)" in printed
+    assert not said_a_winner(rep)
     (v,) = rep.verdicts
     assert not v.conclusive and (v.a, v.b) == ("plateau", "cosine")  # the diverged seed is at chance, 10%
     assert (v.diverged_b, v.excluded_a, v.excluded) == (1, 1, 1) and (v.c.n_a, v.c.paired) == (3, True)
     cosine = report.factor_values(rep, "scheduler")["cosine"]
     assert cosine[(2,)] == pytest.approx(0.1)  # fashion_mnist_mini: 10 classes
-    (line,) = _lines(rep)
-    assert "cosine diverged on 1 of 3 seeds (entered at chance, 10.00%)" in line
-    assert "1 of plateau's 4 seeds was left out (the run failed or stopped early)" in line
     assert "a diverged run is a result, not missing data" in report.markdown(rep)
     df = {t: d for t, _, d in rep.tables}["table-factor-scheduler"].set_index("scheduler")
     assert (df.loc["cosine", "diverged"], df.loc["plateau", "excluded"]) == (1, 1)
@@ -255,6 +276,8 @@ def test_unbalanced_merge_compares_what_both_levels_ran(tmp_path):
     for seed in range(3, 8):  # cosine alone ran five more seeds, all high
         rundirs.write_run(b, ["scheduler=cosine", f"trainer.seed={seed}"], rundirs.curve(0.95))
     rep = report.build([a, b], plots=False)
+    (printed,) = printed_verdicts(rep)
+    assert printed.startswith("step beats cosine by 3.00 points")
     (v,) = rep.verdicts
     assert (v.a, v.b, v.c.paired, v.c.n, v.unpartnered) == ("step", "cosine", True, 3, 5) and v.conclusive
     assert v.c.diff == pytest.approx(0.03)
@@ -272,10 +295,8 @@ def test_a_repeated_run_counts_once_in_tables_and_verdicts(tmp_path):
     b = rundirs.sweep(tmp_path / "b", {"cosine": [0.85]})  # cosine seed 0 again: the same configuration
     rep = report.build([a, b], plots=False)
     units = [(0.83 + 0.85) / 2, 0.84, 0.845]
-    df = {t: d for t, _, d in rep.tables}["table-factor-scheduler"].set_index("scheduler")
-    assert df.loc["cosine", "results / expected"] == "3 / 3"
-    assert df.loc["cosine", "test acc % (mean ± std)"] == (f"{100 * np.mean(units):.2f} ± "
-                                                         f"{100 * np.std(units, ddof=1):.2f}")
+    table = f" | {100 * np.mean(units):.2f} ± {100 * np.std(units, ddof=1):.2f} | 3 / 3 |"
+    assert table in report.markdown(rep)  # old: 84.12 ± 0.85 over four runs, "4 / 6"
     v = report.compare_levels(rep, "scheduler", "cosine", "step")
     assert v.c.n == 3 and v.c.diff == pytest.approx(np.mean(units) - np.mean([0.80, 0.82, 0.81]))
     assert report.factor_values(rep, "scheduler")["cosine"][(0,)] == pytest.approx(units[0])
@@ -289,9 +310,9 @@ def test_the_printed_rank_rule_is_the_rule_applied(tmp_path):
                                            "c": [0.60, 0.602, 0.61]})
     rep = report.build([sweep], plots=False)
     df = {t: d for t, _, d in rep.tables}["table-factor-scheduler"].set_index("scheduler")
+    assert df["rank"].to_dict() == {"a": "=1", "b": "=1", "c": "3"}
     beats = {(v.a, v.b) for v in rep.verdicts if v.conclusive}
     assert ("a", "b") not in beats and {("a", "c"), ("b", "c")} <= beats
-    assert df["rank"].to_dict() == {"a": "=1", "b": "=1", "c": "3"}
     md = report.markdown(rep)
     assert "rank = 1 + the number of levels that conclusively beat it" in md and "mean ± std intervals" not in md
 
@@ -306,9 +327,10 @@ def test_identical_arms_are_reported_as_identical(tmp_path):
         rundirs.write_run(sweep, ["scheduler=cosine", f"trainer.seed={seed}"], [a + 0.01 for a in curve],
                           lr=[0.001, 0.0005, 0.0001])
     rep = report.build([sweep], plots=False)
+    line = next((x for x in printed_verdicts(rep) if "step" in x and "plateau" in x), "")
+    assert line.startswith(("plateau and step: identical here", "step and plateau: identical here"))
     v = report.compare_levels(rep, "scheduler", "step", "plateau")
     assert v.identical is not None and not v.conclusive and v.seeds_needed is None
-    line = next(x for x in _lines(rep) if "identical" in x)
     assert "identical here: the factor had no effect in this setting" in line
     assert "the learning rate never changed: it stayed at 0.001 for all 3 epochs" in line
     assert report.compare_levels(rep, "scheduler", "cosine", "step").identical is None
@@ -333,6 +355,39 @@ def test_overfitting_flag_uses_the_clean_train_accuracy(tmp_path):
     md = report.markdown(rep)
     assert "clean train accuracy (eval mode, no augmentation) minus test accuracy" in md
     assert "under augmentation and dropout, so not the generalisation gap" in md  # said for the older run
+
+
+def test_two_factors_within_each_level_and_pooled_and_when_they_disagree(tmp_path):
+    """Old: a pooled "cosine beats onecycle" stood while onecycle led on LeNet, and nothing said so."""
+    sweep = tmp_path / "hw"
+    noise = [0.0, 0.004, -0.003, 0.002, -0.001]
+    for model, lead in (("lenet", -0.01), ("cnn3", 0.08), ("simple_cnn", 0.08)):
+        for sch in ("cosine", "onecycle"):
+            for seed in range(5):
+                acc = 0.8 + (lead + noise[seed] if sch == "cosine" else 0.001 * seed)
+                rundirs.write_run(sweep, [f"scheduler={sch}", f"model={model}", f"trainer.seed={seed}"],
+                                  rundirs.curve(acc))
+    rep = report.build([sweep], plots=False)
+    printed = printed_verdicts(rep)
+    assert any(x.startswith("scheduler: pooled and within-level verdicts disagree") for x in printed)
+    assert any("(within model=lenet)" in x for x in printed)
+    sched = [v for v in rep.verdicts if v.factor == "scheduler"]
+    assert sorted(v.within for v in sched) == ["", "model=cnn3", "model=lenet", "model=simple_cnn"]
+    assert len({v.c.family for v in rep.verdicts}) == 1  # the within and pooled verdicts of both factors: one family
+    pooled = report.compare_levels(rep, "scheduler", "cosine", "onecycle")
+    lenet = report.compare_levels(rep, "scheduler", "cosine", "onecycle", within="model=lenet")
+    assert (pooled.a, pooled.c.n, pooled.c.wins, pooled.conclusive) == ("cosine", 15, 10, True)
+    assert lenet.a == "onecycle" and lenet.c.diff > 0
+    lines = dict(rep.verdict_lines)["scheduler"]
+    assert "Within each level of model:" in lines
+    assert any(x.startswith("onecycle ") and "(within model=lenet)" in x for x in lines)
+    assert lines[0].startswith("cosine beats onecycle by") and "cosine won 10 of 15 (model, seed) pairs" in lines[0]
+    note = next(x for x in lines if "disagree" in x)
+    assert note.startswith("scheduler: pooled and within-level verdicts disagree on cosine vs onecycle")
+    assert "within model=lenet onecycle" in note
+    df = report.verdicts_frame(rep.verdicts)
+    assert set(df.loc[df["factor"] == "scheduler", "within"]) == {"", "model=lenet", "model=cnn3",
+                                                                  "model=simple_cnn"}
 
 
 # ----------------------------------------------------------------------------- shared fixtures
