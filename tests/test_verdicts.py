@@ -84,13 +84,14 @@ def null_reports(tmp_path_factory) -> dict[tuple, list[report.Report]]:
     for k, (levels, seeds, paired, sweeps) in enumerate(NULL_DESIGNS):
         rng = np.random.default_rng(100 + k)
         out[(levels, seeds, paired)] = [
-            report.build([rundirs.finals_sweep(tmp / f"{levels}x{seeds}{paired}-{i}", draw(rng, levels, seeds, paired),
-                                               paired)], plots=False)
+            report.build([rundirs.finals_sweep(tmp / f"{levels}x{seeds}{paired}-{i}",
+                                               draw(rng, levels, seeds, paired), paired)], plots=False)
             for i in range(sweeps)]
     return out
 
 
-@pytest.mark.parametrize("design", [d[:3] for d in NULL_DESIGNS], ids=lambda d: f"{d[0]}x{d[1]}-{'paired' if d[2] else 'unpaired'}")
+@pytest.mark.parametrize("design", [d[:3] for d in NULL_DESIGNS],
+                         ids=lambda d: f"{d[0]}x{d[1]}-{'paired' if d[2] else 'unpaired'}")
 def test_no_real_difference_gives_a_false_winner_in_at_most_5_percent_of_sweeps(null_reports, design):
     """The old report printed a winner in 46% (3 x 3) to 94% (9 x 3) of such sweeps."""
     reps = null_reports[design]

@@ -266,9 +266,11 @@ def forest_figure(rep: Report) -> bytes | None:
         return None
     from matplotlib.figure import Figure
 
+    labels = [f"{v.factor}: {v.a} - {v.b}" + (f"  [{v.within}]" if v.within else "") for v in rows]
     H = 0.9 + 0.3 * len(rows)
     fig = Figure(figsize=(PAGE_WIDTH, H))
-    fig.subplots_adjust(left=0.34, right=0.98, bottom=0.55 / H, top=1 - 0.35 / H)
+    left = min(0.5, 0.03 + 0.0062 * max(map(len, labels)))  # room for the longest label at fontsize 8
+    fig.subplots_adjust(left=left, right=0.98, bottom=0.55 / H, top=1 - 0.35 / H)
     ax = fig.subplots()
     ys = np.arange(len(rows))[::-1]
     for y, v in zip(ys, rows):
@@ -280,8 +282,7 @@ def forest_figure(rep: Report) -> bytes | None:
         ax.plot([100 * c.diff], [y], marker=marker, color=colour, markersize=7,
                 markerfacecolor=colour if v.conclusive else "white")
     ax.axvline(0, color="k", linewidth=0.8)
-    ax.set_yticks(ys, [f"{v.factor}: {v.a} - {v.b}" + (f"  [{v.within}]" if v.within else "") for v in rows],
-                  fontsize=8)
+    ax.set_yticks(ys, labels, fontsize=8)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xlabel("difference in final test accuracy (points): a - b, with its Holm-adjusted interval")
     ax.grid(axis="x", alpha=0.3)
