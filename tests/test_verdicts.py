@@ -73,7 +73,8 @@ def said_a_winner(rep: report.Report) -> bool:
 
 
 # ----------------------------------------------------------------------------- simulations
-NULL_DESIGNS = [(2, 2, True, 40), (3, 3, True, 60), (9, 3, True, 24), (4, 5, False, 30)]  # levels, seeds, paired, sweeps
+# (levels, seeds, paired, sweeps): 154 sweeps, about 2,000 run directories
+NULL_DESIGNS = [(2, 2, True, 40), (3, 3, True, 60), (9, 3, True, 24), (4, 5, False, 30)]
 
 
 @pytest.fixture(scope="module")
