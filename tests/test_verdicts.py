@@ -386,7 +386,7 @@ def test_two_factors_within_each_level_and_pooled_and_when_they_disagree(tmp_pat
     assert lines[0].startswith("cosine beats onecycle by") and "cosine won 10 of 15 (model, seed) pairs" in lines[0]
     note = next(x for x in lines if "disagree" in x)
     assert note.startswith("scheduler: pooled and within-level verdicts disagree on cosine vs onecycle")
-    assert "within model=lenet onecycle" in note
+    assert "pooled, cosine beats onecycle by" in note and "within model=lenet, onecycle " in note
     df = report.verdicts_frame(rep.verdicts)
     assert set(df.loc[df["factor"] == "scheduler", "within"]) == {"", "model=lenet", "model=cnn3",
                                                                   "model=simple_cnn"}

@@ -85,18 +85,20 @@ def _alike(x: Run, y: Run) -> bool:
 
 
 def identical_reason(pairs: Sequence[tuple[Unit, Unit]], a: str, b: str) -> str | None:
-    """None unless every pair of units trained identically; then the likely reason where it is visible."""
+    """None unless every pair of units trained identically; then the likely reason where it is visible:
+    two learning-rate schedules (the runs' ``scheduler`` configs differ) that applied the same rates."""
     runs = [(x.counted[0], y.counted[0]) for x, y in pairs if x.counted and y.counted]
     if not runs or not all(_alike(x, y) for x, y in runs):
         return None
-    lrs = [r.epochs["lr"].to_numpy(float) for x, _ in runs for r in (x,) if "lr" in r.epochs]
-    if lrs and all(np.unique(v[np.isfinite(v)]).size == 1 for v in lrs):
-        n = max(len(v) for v in lrs)
-        return (f"the learning rate never changed: it stayed at {lrs[0][0]:g} for all {n} epoch"
-                f"{'s' if n != 1 else ''}, so neither {a} nor {b} had acted yet")
-    if lrs:
-        return "both applied the same learning rate in every epoch"
-    return ""
+    x, y = runs[0]
+    if x.config.get("scheduler") == y.config.get("scheduler") or "lr" not in x.epochs:
+        return ""
+    lr = x.epochs["lr"].to_numpy(float)
+    if np.unique(lr[np.isfinite(lr)]).size == 1:
+        n = len(lr)
+        return (f"the learning rate never changed: it stayed at {lr[0]:g} for all {n} epoch{'s' if n != 1 else ''}, "
+                f"so neither {a} nor {b} had acted yet")
+    return f"{a} and {b} applied the same learning rate in every epoch"
 
 
 def compare_units(factor: str, within: str, a: str, b: str, ua: dict[Any, Unit], ub: dict[Any, Unit],
@@ -303,12 +305,13 @@ def disagreements(verdicts: Sequence[Verdict]) -> list[str]:
         against = [v for v in vs if not v.pooled and v.a != pooled.a and v.c.diff > 0]
         if not against or not (pooled.conclusive or any(v.conclusive for v in against)):
             continue
-        say = "beats" if pooled.conclusive else "leads"
-        where = "; ".join(f"within {v.within} {v.a} {'beats' if v.conclusive else 'leads'} by {pts(v.c.diff)}"
-                          for v in against)
+        def says(x: Verdict) -> str:
+            return f"{x.a} {'beats' if x.conclusive else 'leads (inconclusive)'} {x.b} by {pts(x.c.diff)} points"
+
+        where = "; ".join(f"within {v.within}, {says(v)}" for v in against)
         out.append(f"{factor}: pooled and within-level verdicts disagree on {pooled.a} vs {pooled.b}: pooled, "
-                   f"{pooled.a} {say} by {pts(pooled.c.diff)} points, but {where}. The better level depends on "
-                   f"the other factor; read the within-level verdicts.")
+                   f"{says(pooled)}, but {where}. The better level depends on the other factor; read the "
+                   f"within-level verdicts.")
     return out
 
 
