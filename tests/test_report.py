@@ -332,6 +332,8 @@ def test_hundred_runs_in_a_few_seconds(tmp_path):
     df = _table(rep, "table-factor-optimizer-lr")
     assert len(df) == 100 and df["test acc % (mean ± std)"].str.endswith("(1 seed)").all()
     assert "100 of 100 arms have fewer than 3 finished seeds" in rep.warnings[0]
+    assert rep.verdicts == [] and rep.untested == {("optimizer.lr", ""): 100 * 99 // 2}  # one seed each: no test
+    assert "4950 pairs of levels cannot be compared: fewer than 2 finished seeds on a side" in report.markdown(rep)
 
 
 class _Refs(HTMLParser):
@@ -471,7 +473,7 @@ def test_report_shows_best_and_worst_arm_side_by_side(real_sweep):
     assert page.index("id='panel-best'") < page.index("id='panel-worst'") < page.index("id='runs'")
     p = _Refs()
     p.feed(page)
-    assert len(p.imgs) == 6 + 4 and all(s.startswith("data:image/png;base64,") for s in p.imgs)
+    assert len(p.imgs) == 5 + 4 and all(s.startswith("data:image/png;base64,") for s in p.imgs)  # no forest: 1 seed
     for name in ("best_confusion.png", "best_gradcam.png", "worst_confusion.png", "worst_gradcam.png"):
         assert base64.b64encode((out / name).read_bytes()).decode() in page
     assert p.tables == ["table-factor-model", "table-flags", "table-runs"]
@@ -498,7 +500,7 @@ def test_panels_are_skipped_with_one_line_never_a_traceback(real_sweep, tmp_path
     assert _panel_files(out) == [f for f in PANEL_FILES if f.startswith("worst_")]
     line = "No panel: none of its finished runs has a model.pt to reload."
     assert line in page and line in (out / "report.md").read_text()
-    assert "Traceback" not in page and page.count("<img") == 6 + 2
+    assert "Traceback" not in page and page.count("<img") == 5 + 2
     # The worst arm's data set is not on this machine: one line naming it; nothing is downloaded.
     cfg_path = worst_run.path / ".hydra" / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -506,7 +508,7 @@ def test_panels_are_skipped_with_one_line_never_a_traceback(real_sweep, tmp_path
     cfg["data"] = {"root": str(tmp_path / "no-data"), "download": True}
     cfg_path.write_text(yaml.safe_dump(cfg))
     page = report.make_report([sweep]).read_text()
-    assert _panel_files(out) == [] and page.count("<img") == 6
+    assert _panel_files(out) == [] and page.count("<img") == 5
     md = (out / "report.md").read_text()
     skip = next(x for x in md.splitlines() if x.startswith("- **Worst arm:"))
     assert "No panel: its data set is not available on this machine: mnist: not found in" in skip

@@ -38,6 +38,7 @@ class Report:
     n_expected: int | None  # runs the sweeps' grids asked for
     tables: list[tuple[str, str, pd.DataFrame]] = field(default_factory=list)  # (id, title, display)
     verdicts: list[vd.Verdict] = field(default_factory=list)  # every comparison stated, one Holm family
+    untested: dict[tuple[str, str], int] = field(default_factory=dict)  # (factor, within) -> pairs too few to test
     verdict_lines: list[tuple[str, list[str]]] = field(default_factory=list)  # (factor, lines) for people
     notes: list[str] = field(default_factory=list)  # header lines: how to read this report's numbers
     warnings: list[str] = field(default_factory=list)
@@ -115,7 +116,8 @@ def analyse(runs: list[Run], conf: ReportConf, sweeps: Sequence[Path]) -> Report
     units = units_of(arms)
     expected, n_expected = _expected_units(arms, units, sweeps)
     rep = Report(runs, conf, [Path(s) for s in sweeps], keys, arms, units, expected, n_expected)
-    rep.verdicts = vd.adjust(vd.family(keys, units, rep.alpha), rep.alpha)
+    stated, rep.untested = vd.family(keys, units, rep.alpha)
+    rep.verdicts = vd.adjust(stated, rep.alpha)
 
     for i, k in enumerate(keys):
         groups: dict[str, list[Unit]] = {}
@@ -234,13 +236,15 @@ def _factor_lines(rep: Report, key: str, levels: Sequence[str]) -> list[str]:
     """The verdict lines of one factor: pooled, then within each level of the others, then disagreements."""
     mine = [v for v in rep.verdicts if v.factor == key]
     chance = _chance(rep, key)
-    stated = {lvl for v in mine if v.pooled for lvl in (v.a, v.b)}
+    i = rep.keys.index(key)
+    have = [lvl for lvl in levels if any(u.value is not None for a, us in rep.units.items() if a[i] == lvl
+                                         for u in us.values())]
     lines = [f"{lvl}: no run has a result ({_why_none(rep, key, lvl)}); not compared"
-             for lvl in levels if lvl not in stated]
-    if len(stated) < 2:
+             for lvl in levels if lvl not in have]
+    if len(have) < 2:
         return lines + [f"{key}: fewer than two levels have finished runs; nothing to compare"]
-    scopes = sorted(dict.fromkeys(v.within for v in mine), key=lambda w: w != "")  # pooled first
-    for within in scopes:
+    scopes = sorted({v.within for v in mine} | {w for f, w in rep.untested if f == key}, key=lambda w: w != "")
+    for within in scopes:  # pooled first
         vs = _order([v for v in mine if v.within == within])
         if within and within == next(w for w in scopes if w):
             lines.append(f"Within each level of {', '.join(o for o in rep.keys if o != key)}:")
@@ -248,7 +252,12 @@ def _factor_lines(rep: Report, key: str, levels: Sequence[str]) -> list[str]:
         if len(vs) > MAX_VERDICTS:
             lines.append(f"... and {len(vs) - MAX_VERDICTS} more inconclusive pairs"
                          f"{f' within {within}' if within else ''} (verdicts.csv lists every one)")
-    return lines + [d for d in vd.disagreements(mine)]
+        if rep.untested.get((key, within)):
+            n = rep.untested[(key, within)]
+            lines.append(f"{n} pair{'s' if n != 1 else ''} of levels{f' within {within}' if within else ''} "
+                         f"cannot be compared: fewer than 2 finished seeds on a side and fewer than 2 shared; "
+                         f"run at least 2 seeds of each level (trainer.seed=0,1,2)")
+    return lines + vd.disagreements(mine)
 
 
 def _why_none(rep: Report, key: str, level: str) -> str:

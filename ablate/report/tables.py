@@ -39,7 +39,6 @@ def summary_frame(rep: Report) -> pd.DataFrame:
         row.update({k: r.value(k) for k in rep.keys})
         row["seed"] = r.seed
         row.update({c: getattr(r, c) for c in SUMMARY_COLUMNS if hasattr(r, c)})
-        row["result"] = r.result
         row["flags"] = "; ".join(r.flags)
         row["error"] = r.error
         rows.append(row)
@@ -72,7 +71,7 @@ def verdicts_csv(rep: Report) -> str:
 
 def runs_display(rep: Report) -> pd.DataFrame:
     """:func:`summary_frame` for people: accuracies and gaps in percent, times to one decimal, no errors."""
-    df = summary_frame(rep).drop(columns=["error"])
+    df = summary_frame(rep).drop(columns=["error", "config_hash"])
     for c in PERCENT_COLUMNS:
         df[c] = [pct(v) if v is not None and not pd.isna(v) else "-" for v in df[c]]
     for c in ("seconds", "images_per_second"):

@@ -102,13 +102,16 @@ def identical_reason(pairs: Sequence[tuple[Unit, Unit]], a: str, b: str) -> str 
 
 
 def compare_units(factor: str, within: str, a: str, b: str, ua: dict[Any, Unit], ub: dict[Any, Unit],
-                  alpha: float, unit: str) -> Verdict:
+                  alpha: float, unit: str) -> Verdict | None:
     """``a`` against ``b`` on their units (a family of one; adjust with :func:`adjust`), oriented so that
-    the level ahead comes first: paired on the units both have results for (at least two), else Welch."""
+    the level ahead comes first: paired on the units both have results for (at least two), else Welch.
+    None when no test is possible (fewer than two results on a side and fewer than two shared)."""
     va = {k: v for k, u in ua.items() if (v := u.value) is not None}
     vb = {k: v for k, u in ub.items() if (v := u.value) is not None}
     shared = [k for k in va if k in vb]
     paired = len(shared) >= 2
+    if not paired and min(len(va), len(vb)) < 2:
+        return None
     xa, xb = ([va[k] for k in shared], [vb[k] for k in shared]) if paired else (list(va.values()), list(vb.values()))
     c = stats.compare(xa, xb, paired, alpha=alpha)
     swap = c.diff < 0
@@ -128,10 +131,13 @@ def _unit_words(others: Sequence[str]) -> str:
     return "seeds" if not others else f"({', '.join([*others, 'seed'])}) pairs"
 
 
-def family(keys: Sequence[str], units: dict[tuple[str, ...], dict[Any, Unit]], alpha: float) -> list[Verdict]:
-    """Every comparison the report states, unadjusted: for each factor, every pair of its levels with
-    results, pooled over the other factors and within each combination of their levels."""
+def family(keys: Sequence[str], units: dict[tuple[str, ...], dict[Any, Unit]], alpha: float
+           ) -> tuple[list[Verdict], dict[tuple[str, str], int]]:
+    """Every comparison the report states, unadjusted: for each factor, every pair of its levels that can
+    be tested, pooled over the other factors and within each combination of their levels; and, per
+    (factor, within), how many pairs of levels with results could not be tested (too few seeds)."""
     out: list[Verdict] = []
+    untested: dict[tuple[str, str], int] = {}
     for i, k in enumerate(keys):
         others = [o for o in keys if o != k]
         scopes: dict[tuple[str, ...], dict[str, dict[Any, Unit]]] = {}  # within -> level -> unit key -> unit
@@ -145,9 +151,13 @@ def family(keys: Sequence[str], units: dict[tuple[str, ...], dict[Any, Unit]], a
             within = ", ".join(f"{o}={v}" for o, v in zip(others, rest))
             have = [lvl for lvl, us in levels.items() if any(u.value is not None for u in us.values())]
             unit = _unit_words(others if not rest else [])
-            out += [compare_units(k, within, a, b, levels[a], levels[b], alpha, unit)
-                    for a, b in itertools.combinations(have, 2)]
-    return out
+            for a, b in itertools.combinations(have, 2):
+                v = compare_units(k, within, a, b, levels[a], levels[b], alpha, unit)
+                if v is None:
+                    untested[(k, within)] = untested.get((k, within), 0) + 1
+                else:
+                    out.append(v)
+    return out, untested
 
 
 @functools.lru_cache(maxsize=4096)
@@ -247,8 +257,6 @@ def settle_sentence(v: Verdict) -> str:
     """For an inconclusive verdict, in words: what the current seeds can tell apart and what would settle it."""
     c = v.c
     level = 1 - c.confidence
-    if c.method == "too few":
-        return "Too few finished seeds for an interval: run at least 2 seeds of each level."
     if c.se == 0:
         return (f"All {c.n_a} {v.unit} differ by exactly the same amount, which leaves no spread to build an "
                 f"interval from; {_smallest_exact_n(c, level)} {v.unit} that all agree would settle it at this "
@@ -275,9 +283,6 @@ def verdict_line(v: Verdict, chance: dict[str, float | None]) -> str:
         why = f" ({v.identical})" if v.identical else ""
         return (f"{v.a} and {v.b}{where}: identical here: the factor had no effect in this setting; their runs "
                 f"logged the same metrics in every epoch on all {c.n_a} shared {v.unit}{why}.{extra}")
-    if c.method == "too few":
-        return (f"{v.a} vs {v.b}{where}: inconclusive, {v.a} ahead by {pts(c.diff)} points on {c.n_a} vs "
-                f"{c.n_b} seeds. {settle_sentence(v)}{extra}")
     p = f"adjusted p = {c.p_adjusted:.3g}"
     if not c.has_interval:  # every unit differed by the same amount: an exact test, no interval
         body = f"no interval: no spread, exact {p}; {_how(v)}"
