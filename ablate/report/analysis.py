@@ -290,15 +290,16 @@ def _notes(rep: Report) -> list[str]:
                      f"seen: {REPEAT_RULE}.")
     if rep.verdicts:
         m, n = rep.verdicts[0].c.family, len(rep.verdicts)
+        family = (f"one comparison is stated, tested at {100 * rep.alpha:.4g}%" if n == 1 else
+                  f"all {n} comparisons stated form one family, adjusted together (Holm over {m} comparisons), so "
+                  f"the chance of any false 'beats' in this report is at most {100 * rep.alpha:.4g}%")
         notes.append(
             f"Verdicts: paired t on the units both levels ran (a unit is a seed, with the other factors' levels "
-            f"when several vary), Welch t where two levels share no seeds; "
-            f"{'the one comparison stated is' if n == 1 else f'all {n} comparisons stated form one family,'} "
-            f"adjusted together (Holm over {m} comparison{'s' if m != 1 else ''} with a p-value), so the chance "
-            f"of any false 'beats' in this report is at most {100 * rep.alpha:.4g}%. Conclusive = Holm-adjusted "
-            f"p <= {rep.alpha:.4g}; each interval is printed at the level Holm tested it at, so it excludes zero "
-            f"exactly when the verdict is conclusive. Ranks come from these verdicts: rank = 1 + the number of "
-            f"levels that conclusively beat it; levels nothing separates share a rank (=k).")
+            f"when several vary), Welch t where two levels share no seeds; {family}. Conclusive = "
+            f"{'Holm-adjusted ' if n > 1 else ''}p <= {rep.alpha:.4g}; each interval is printed at the level "
+            f"{'Holm tested it at' if n > 1 else 'of the test'}, so it excludes zero exactly when the verdict is "
+            f"conclusive. Ranks come from these verdicts: rank = 1 + the number of levels that conclusively beat "
+            f"it; levels nothing separates share a rank (=k).")
     return notes
 
 

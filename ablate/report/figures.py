@@ -158,19 +158,24 @@ def loss_figure(rep: Report) -> bytes | None:
     return None if fig is None else _png(fig)
 
 
+SPLIT_LINES = (("train_acc", "--", "^", "0.6", "running train"), ("train_eval_acc", "-.", "v", "0.35", "clean train"),
+               ("val_acc", ":", "s", "C0", "validation"), ("test_acc", "-", "o", "k", "test"))
+
+
 def train_vs_test_figure(rep: Report) -> bytes | None:
-    """The overfitting picture: train against test accuracy, one panel per arm."""
+    """The overfitting picture, one panel per arm: train accuracy (running, and clean where logged),
+    validation (where held out) and test."""
     arms = [a for _, p in _panels(rep) for a in p][:MAX_PANELS]
     fig, axes = _grid(len(arms), 3.0, 4)
     drawn = False
     for ax, a in zip(axes, arms):
         runs = [r for r in rep.arms[a] if r.plotted]
-        for col, ls, mk, lab in (("train_acc", "--", "^", "train"), ("test_acc", "-", "o", "test")):
-            c = _aligned(runs, col)
+        for col, ls, mk, colour, lab in SPLIT_LINES:
+            c = _aligned(runs, col) if all(col in r.epochs for r in runs) else None
             if c is not None:
-                ax.plot(c[0], 100 * c[1], linestyle=ls, marker=mk, color="k" if lab == "test" else "0.45",
-                        markersize=4, label=lab, markevery=max(1, len(c[0]) // 12))
-                ax.fill_between(c[0], 100 * c[2], 100 * c[3], color="0.5", alpha=0.15, linewidth=0)
+                ax.plot(c[0], 100 * c[1], linestyle=ls, marker=mk, color=colour, markersize=4, label=lab,
+                        markevery=max(1, len(c[0]) // 12))
+                ax.fill_between(c[0], 100 * c[2], 100 * c[3], color=colour, alpha=0.12, linewidth=0)
                 drawn = True
         ax.set(title=rep.short(a), xlabel="epoch", ylabel="accuracy (%)")
         ax.title.set_fontsize(9)
@@ -303,7 +308,9 @@ def figures(rep: Report) -> list[tuple[str, str, bytes]]:
          f"Test accuracy per arm by epoch (unsmoothed; band spans the seeds){more}"),
         ("test_loss.png", loss_figure, f"Test loss per arm by epoch (unsmoothed; band spans the seeds){more}"),
         ("train_vs_test.png", train_vs_test_figure,
-         "Train (dashed) vs test (solid) accuracy per arm: the gap is overfitting"),
+         "Train vs test accuracy per arm: running train (dashed; under augmentation and dropout), clean train "
+         "(dash-dot; eval mode, where logged), validation (dotted, where held out), test (solid). The gap between "
+         "clean train and test is overfitting"),
         ("lr.png", lr_figure, "Learning rate vs epoch per scheduler (per step where steps.csv has it)"),
         ("train_loss.png", train_loss_figure,
          f"Training loss per iteration (mean over seeds): raw faint, EMA {rep.conf.smoothing} on top{more}"),

@@ -32,7 +32,7 @@ FLAG_ADVICE = {
     "diverged": "all {n} runs diverged (non-finite loss): lower the learning rate before comparing",
     "incomplete": "all {n} runs are incomplete (still running, or stopped early): nothing is compared yet",
     "still improving": "all {n} runs were still improving at the last epoch: train longer before comparing",
-    "overfitting": "all {n} runs overfit ({detail}): regularise, or compare at the best epoch",
+    "overfitting": "all {n} runs overfit ({detail}): more data, augmentation or regularisation may close the gap",
 }
 
 
