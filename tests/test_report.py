@@ -331,6 +331,7 @@ def test_hundred_runs_in_a_few_seconds(tmp_path):
     assert rep.keys == ["optimizer.lr"] and len(rep.arms) == 100
     df = _table(rep, "table-factor-optimizer-lr")
     assert len(df) == 100 and df["test acc % (mean ± std)"].str.endswith("(1 seed)").all()
+    assert (df["rank"] == "=1").all()  # nothing separates them
     assert "100 of 100 arms have fewer than 3 finished seeds" in rep.warnings[0]
     assert rep.verdicts == [] and rep.untested == {("optimizer.lr", ""): 100 * 99 // 2}  # one seed each: no test
     assert "4950 pairs of levels cannot be compared: fewer than 2 finished seeds on a side" in report.markdown(rep)

@@ -125,7 +125,7 @@ def analyse(runs: list[Run], conf: ReportConf, sweeps: Sequence[Path]) -> Report
             groups.setdefault(a[i], []).extend(us.values())
         exp = {lvl: sum(expected[a] for a in arms if a[i] == lvl) for lvl in groups}
         rows = {lvl: unit_stats(g, exp[lvl]) for lvl, g in groups.items()}
-        rank = vd.ranks(rep.verdicts, k, list(rows))
+        rank = vd.ranks(rep.verdicts, k, list(rows), {lvl for lvl, row in rows.items() if not row["n"]})
         pooled = " (pooled over the other factors)" if len(keys) > 1 else ""
         rep.tables.append((f"table-factor-{_slug(k)}", f"By {k}{pooled}", ranked_table(rows, [k], rank)))
         rep.verdict_lines.append((k, _factor_lines(rep, k, list(groups))))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -203,13 +203,13 @@ def adjust(verdicts: Sequence[Verdict], alpha: float) -> list[Verdict]:
     return [_settle(replace(v, c=c), 1 - c.confidence) for v, c in zip(verdicts, adjusted)]
 
 
-def ranks(verdicts: Sequence[Verdict], factor: str, levels: Sequence[str]) -> dict[str, str]:
-    """Competition ranks of a factor's levels from its pooled conclusive verdicts ("-": no result)."""
+def ranks(verdicts: Sequence[Verdict], factor: str, levels: Sequence[str], without: Collection[str] = ()
+          ) -> dict[str, str]:
+    """Competition ranks of a factor's levels from its pooled conclusive verdicts; ``without`` (levels with
+    no result) rank "-"."""
     idx = {lvl: i for i, lvl in enumerate(levels)}
     beats = {(idx[v.a], idx[v.b]) for v in verdicts if v.factor == factor and v.pooled and v.conclusive}
-    have = {lvl for v in verdicts if v.factor == factor and v.pooled for lvl in (v.a, v.b)}
-    missing = {i for lvl, i in idx.items() if lvl not in have} if len(levels) > 1 else set()
-    return dict(zip(levels, stats.competition_ranks(len(levels), beats, missing)))
+    return dict(zip(levels, stats.competition_ranks(len(levels), beats, {idx[lvl] for lvl in without})))
 
 
 # ----------------------------------------------------------------------------- in words
