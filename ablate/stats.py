@@ -33,6 +33,21 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan
 
 
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``values`` (one per seed) and its Student t interval, mean ± t(n - 1) · s / √n.
+
+    NaN bounds with fewer than two values or no spread: there is no noise to size it from."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float)
+    m = float(v.mean()) if v.size else math.nan
+    se = float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else 0.0
+    if not se > 0:
+        return m, math.nan, math.nan
+    lo, hi = t.interval(confidence, v.size - 1, loc=m, scale=se)
+    return m, float(lo), float(hi)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """``a`` against ``b``: mean difference, its interval, p-value and (paired) seeds won.
@@ -84,12 +99,6 @@ class Comparison:
             return self.se * math.sqrt(self.n_a)
         return self.se / math.sqrt(1 / self.n_a + 1 / self.n_b)
 
-    # Transitional names for the report until it is rewired on the fields above.
-    lo = property(lambda self: self.ci_low)
-    hi = property(lambda self: self.ci_high)
-    p_beats = property(lambda self: (self.wins + self.ties / 2) / self.n_a if self.paired and self.n_a
-                       else math.nan)
-
 
 def _interval(diff: float, se: float, df: float, alpha: float) -> tuple[float, float]:
     """The 1 - alpha interval diff ± t_{1 - alpha/2, df} · se; NaN without a positive se."""
@@ -101,8 +110,7 @@ def _interval(diff: float, se: float, df: float, alpha: float) -> tuple[float, f
     return diff - half, diff + half
 
 
-def compare(a: Sequence[float], b: Sequence[float], paired: bool, *legacy: float,
-            alpha: float = 0.05) -> Comparison:
+def compare(a: Sequence[float], b: Sequence[float], paired: bool, alpha: float = 0.05) -> Comparison:
     """``a`` against ``b`` alone (a family of one); adjust a report's comparisons with holm_family.
 
     Paired (``a[i]``, ``b[i]`` share seed i): Student t on the differences, n - 1 df. Unpaired:
@@ -110,12 +118,9 @@ def compare(a: Sequence[float], b: Sequence[float], paired: bool, *legacy: float
     spread (every difference equal, or both arms constant): no interval, since there is no noise
     to estimate a width from, and p from the exact test that needs no spread: sign-flip
     2/2^n (paired), permutation (1 + [n_a = n_b]) / C(n_a + n_b, n_a) (unpaired); so only many
-    seeds that all agree can settle it, and identical arms (difference 0) get p = 1.
-    ``legacy``: the old report's positional (n_boot, confidence, seed); only confidence is used."""
+    seeds that all agree can settle it, and identical arms (difference 0) get p = 1."""
     from scipy import special
 
-    if legacy:
-        alpha = 1 - legacy[1] if len(legacy) > 1 else alpha
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError(f"compare: non-finite value in {a.tolist()} or {b.tolist()}; drop unfinished runs first")
@@ -268,13 +273,3 @@ def competition_ranks(n: int, beats: Collection[tuple[int, int]], missing: Colle
     a rank, shown as "=k"; an arm in ``missing`` (no finished runs) is "-"."""
     ranks = [None if j in missing else 1 + sum(1 for i, jj in set(beats) if jj == j) for j in range(n)]
     return ["-" if r is None else (f"={r}" if ranks.count(r) > 1 else str(r)) for r in ranks]
-
-
-def tie_ranks(means: Sequence[float], stds: Sequence[float]) -> list[str]:
-    """Superseded by competition_ranks (overlapping mean ± std misranks); kept until the report
-    ranks by conclusive comparisons. Rank = 1 + arms whose whole mean ± std lies above."""
-    m = np.asarray(means, dtype=float)
-    s = np.nan_to_num(np.asarray(stds, dtype=float), nan=0.0)
-    above = [[bool(np.isfinite(m[k]) and m[k] - s[k] > m[i] + s[i]) for k in range(m.size)] for i in range(m.size)]
-    beats = {(k, i) for i in range(m.size) for k in range(m.size) if above[i][k]}
-    return competition_ranks(m.size, beats, missing={i for i in range(m.size) if not math.isfinite(m[i])})

@@ -11,9 +11,13 @@ An analysis turns one sweep into verdicts; ``simulate(design, analyse)`` counts
   power         share of the truly different pairs it states that it settles with the right sign
 
 Every analysis sees the same sweeps (same seed), so the rows of one design compare methods.
+``report (run dirs)`` is the real report: each sweep is written as run directories
+(tests/rundirs.py, the trainer's on-disk format, no training) and read back by
+``ablate.report.build``; its verdicts are scored like the others.
 
     python scripts/simulate_verdicts.py            # every design, 2000 sweeps each (minutes)
     python scripts/simulate_verdicts.py --quick    # a few designs, 300 sweeps each (seconds)
+    python scripts/simulate_verdicts.py --report   # the real report only, every design, 200 sweeps each
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import itertools
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from ablate import stats  # noqa: E402
 
 
@@ -114,9 +120,25 @@ def old_bootstrap_best_vs_rest(acc: np.ndarray, paired: bool, n_boot: int = 2000
     return out
 
 
+def real_report(acc: np.ndarray, paired: bool, alpha: float = 0.05) -> list[Verdict]:
+    """The report itself: the sweep written as run directories, read by ablate.report.build (no figures)."""
+    import rundirs  # tests/rundirs.py: run directories in the trainer's format
+
+    from ablate import report
+    from ablate.config import ReportConf
+
+    with tempfile.TemporaryDirectory(prefix="simulate-verdicts-") as tmp:
+        sweep = rundirs.finals_sweep(Path(tmp) / "sweep", acc, paired)
+        rep = report.build([sweep], ReportConf(confidence=1 - alpha, arm_panels=False), plots=False)
+    level = {rundirs.level_name(i): i for i in range(len(acc))}
+    return [Verdict(level[v.a], level[v.b], v.c.diff, v.c.ci_low, v.c.ci_high, v.conclusive) for v in rep.verdicts]
+
+
 ANALYSES: dict[str, Analysis] = {"t + Holm, all pairs": holm_all_pairs, "t + Holm, best vs rest": holm_best_vs_rest,
                                  "t + Holm, control vs rest": holm_control_vs_rest,
-                                 "old: bootstrap best vs rest": old_bootstrap_best_vs_rest}
+                                 "old: bootstrap best vs rest": old_bootstrap_best_vs_rest,
+                                 "report (run dirs)": real_report}
+REPORT = "report (run dirs)"
 
 
 @dataclass(frozen=True)
@@ -148,27 +170,36 @@ def simulate(design: Design, analyse: Analysis, families: int = 2000, seed: int 
                   found / different if different else math.nan)
 
 
-def designs(quick: bool) -> list[Design]:
+EFFECTS = (0.0, 0.005, 0.02)  # level 0's advantage: none (the null), half a point, two points
+
+
+def designs(quick: bool, effects: Sequence[float] = EFFECTS) -> list[Design]:
     if quick:
         return [Design(L, n, True, e) for L, n, e in itertools.product((3, 9), (3, 5), (0.0, 0.02))]
-    return [Design(L, n, p, e) for p, e, L, n in itertools.product((True, False), (0.0, 0.005, 0.02), (2, 3, 4, 9),
+    return [Design(L, n, p, e) for p, e, L, n in itertools.product((True, False), effects, (2, 3, 4, 9),
                                                                   (2, 3, 5, 10))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few designs, 300 sweeps each")
-    ap.add_argument("--families", type=int, help="sweeps per design (default 2000, 300 with --quick)")
+    ap.add_argument("--report", action="store_true",
+                    help="only the real report on run directories (every design; 200 sweeps each by default)")
+    ap.add_argument("--families", type=int,
+                    help="sweeps per design (default 2000, 300 with --quick, 200 with --report)")
+    ap.add_argument("--effects", type=lambda v: [float(x) / 100 for x in v.split(",")],
+                    default=list(EFFECTS), help="level 0's advantage in points, comma-separated (default 0,0.5,2)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    families = args.families or (300 if args.quick else 2000)
+    families = args.families or (300 if args.quick else 200 if args.report else 2000)
+    analyses = {REPORT: real_report} if args.report else {k: v for k, v in ANALYSES.items() if k != REPORT}
     start = time.perf_counter()
     err = 3 * math.sqrt(0.05 * 0.95 / families)
     print(f"{families} sweeps per design; a true 5% false-winner rate reads as up to {100 * (0.05 + err):.1f}%\n")
     print(f"| {'design':<28} | {'analysis':<28} | false winner % | coverage % | power % |")
     print(f"|{'-' * 30}|{'-' * 30}|---------------:|-----------:|--------:|")
-    for d in designs(args.quick):
-        for name, analyse in ANALYSES.items():
+    for d in designs(args.quick, args.effects):
+        for name, analyse in analyses.items():
             r = simulate(d, analyse, families, args.seed)
             cells = [f"{100 * x:.1f}" if math.isfinite(x) else "-" for x in (r.false_winner, r.coverage, r.power)]
             print(f"| {str(d):<28} | {name:<28} | {cells[0]:>14} | {cells[1]:>10} | {cells[2]:>7} |", flush=True)

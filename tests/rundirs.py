@@ -3,14 +3,19 @@
 A sweep directory is ``multirun.yaml`` plus one directory per job named from its
 overrides (``scheduler=cosine,trainer.seed=1``; ``default`` without overrides),
 each with ``.hydra/{config,overrides,hydra}.yaml``, ``epochs.csv``, ``steps.csv``
-and ``summary.json`` (see README "Where outputs land").
+and ``summary.json`` (see README "Where outputs land"). Runs are written in the
+older format (no validation or clean-train columns) unless ``val_acc``,
+``train_eval_acc`` or ``selection`` is given; then in the current one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,10 @@ import yaml
 
 from ablate import rundir, runlock
 
+# The epochs.csv columns of a trainer with a validation split and a clean pass over the training split.
+NEW_EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                     "train_eval_loss", "train_eval_acc", "epoch_seconds", "images_per_second"]
+DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when there: simulations write thousands of runs
 GROUP_DEFAULTS = {"dataset": "fashion_mnist_mini", "model": "cnn3", "optimizer": "adam", "scheduler": "cosine",
                   "augment": "flip_crop", "regularization": "none", "trainer": "default", "report": "default"}
 
@@ -36,6 +45,11 @@ def _parse(v: str) -> Any:
         return v
 
 
+def _floats(v: Sequence[float | None] | None) -> list[float | None] | None:
+    """Plain floats (a numpy float would be written as ``np.float64(...)``)."""
+    return None if v is None else [None if x is None else float(x) for x in v]
+
+
 def write_run(sweep: Path, overrides: Sequence[str] = (), test_acc: Sequence[float | None] = (0.5, 0.6, 0.7),
               train_acc: Sequence[float] | None = None, *, epochs_planned: int | None = None,
               status: str = "completed", error: str | None = None, summary: bool = True,
@@ -43,16 +57,19 @@ def write_run(sweep: Path, overrides: Sequence[str] = (), test_acc: Sequence[flo
               lr: Sequence[float] | None = None, steps_per_epoch: int = 4, params: int = 1234,
               mult_adds: int | None = None,
               epoch_seconds: float = 2.0, images_per_second: float = 1000.0, report: Mapping | None = None,
-              name: str | None = None, val_acc: Sequence[float | None] | None = None, has_val: bool = True,
-              train_eval_acc: Sequence[float | None] | None = None) -> Path:
+              name: str | None = None, val_acc: Sequence[float | None] | None = None,
+              train_eval_acc: Sequence[float | None] | None = None, selection: str | None = None,
+              scheduler_metric: str | None = None, config_hash: str | None = None, hydra: bool = True) -> Path:
     """One run directory under ``sweep``; ``test_acc[i]`` is epoch i+1's test accuracy (None: not evaluated).
 
     Only ``len(test_acc)`` epochs are written; ``epochs_planned`` (default: that many)
-    is what the config asked for, so fewer rows make an incomplete run. ``val_acc`` defaults to the test
-    accuracy + 0.01 (so the validation-best epoch is the test-best one, and the numbers still differ);
-    ``has_val=False`` writes a run without a validation split (``dataset.val_size=0``, chosen on test).
-    ``train_eval_acc`` (the clean pass) defaults to the running ``train_acc`` + 0.01."""
+    is what the config asked for, so fewer rows make an incomplete run. ``val_acc`` /
+    ``train_eval_acc`` add the validation and clean-train columns (the best epoch is then the
+    validation-best); ``config_hash`` defaults to a hash of the overrides, so the same
+    overrides in two sweeps are the same configuration. ``hydra=False`` leaves out ``.hydra/`` (the
+    summary records the same config, overrides and choices): simulations write thousands of runs."""
     overrides = list(overrides)
+    test_acc, train_acc, val_acc, train_eval_acc = map(_floats, (test_acc, train_acc, val_acc, train_eval_acc))
     n = len(test_acc)
     planned = epochs_planned or n
     train_acc = list(train_acc) if train_acc is not None else [min(1.0, (a or 0.5) + 0.02) for a in test_acc]
@@ -65,13 +82,15 @@ def write_run(sweep: Path, overrides: Sequence[str] = (), test_acc: Sequence[flo
         train_eval_acc = [None if a is None else min(1.0, t + 0.01) for a, t in zip(test_acc, train_acc)]
     train_eval_acc = list(train_eval_acc)
     lr = list(lr) if lr is not None else [0.1 * 0.5 ** e for e in range(n)]
+    new_format = val_acc is not None or train_eval_acc is not None or selection is not None
+    val_acc = val_acc or [None] * n
+    train_eval_acc = train_eval_acc or [None] * n
     choices = dict(GROUP_DEFAULTS)
     config: dict[str, Any] = {g: {"name": c} for g, c in choices.items() if g not in ("trainer", "report")}
+    config["dataset"].update(source="embedded", classes=None)
     config["optimizer"]["lr"] = 0.001
-    config["trainer"] = {"epochs": planned, "seed": 0, "train_eval_size": 1000}
-    config["dataset"].update(val_size=0.1 if has_val else 0.0, split_seed=0)
-    config["report"] = dict(report or {"overfit_gap": 0.1, "bootstrap": 2000, "confidence": 0.95, "min_seeds": 3,
-                                       "smoothing": 0.9})
+    config["trainer"] = {"epochs": planned, "seed": 0}
+    config["report"] = dict(report or {"overfit_gap": 0.1, "confidence": 0.95, "min_seeds": 3, "smoothing": 0.9})
     config["data"] = {"root": "/tmp/data", "download": False}
     for o in overrides:
         k, v = o.split("=", 1)
@@ -82,12 +101,14 @@ def write_run(sweep: Path, overrides: Sequence[str] = (), test_acc: Sequence[flo
             config[k] = {"name": v}
     config["trainer"]["epochs"] = planned
     run = Path(sweep) / (name or ",".join(overrides) or "default")
-    hyd = run / ".hydra"
-    hyd.mkdir(parents=True, exist_ok=True)
-    (hyd / "config.yaml").write_text(yaml.safe_dump(config))
-    (hyd / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (hyd / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices},
-                                                              "overrides": {"task": overrides}}}))
+    run.mkdir(parents=True, exist_ok=True)
+    if hydra:
+        hyd = run / ".hydra"
+        hyd.mkdir(exist_ok=True)
+        (hyd / "config.yaml").write_text(yaml.dump(config, Dumper=DUMPER))
+        (hyd / "overrides.yaml").write_text(yaml.dump(overrides, Dumper=DUMPER))
+        (hyd / "hydra.yaml").write_text(yaml.dump({"hydra": {"runtime": {"choices": choices},
+                                                             "overrides": {"task": overrides}}}, Dumper=DUMPER))
     rows, steps = [], []
     for e in range(n):
         rows.append(dict(epoch=e + 1, lr=lr[e], train_loss=train_loss[e], train_acc=train_acc[e],
@@ -100,29 +121,36 @@ def write_run(sweep: Path, overrides: Sequence[str] = (), test_acc: Sequence[flo
             steps.append(dict(step=e * steps_per_epoch + j + 1, epoch=e + 1, lr=lr[e],
                               loss=train_loss[e] * (1.1 - 0.05 * j)))
     if rows:
-        rundir.append_rows(run / rundir.EPOCHS_CSV, rundir.EPOCH_COLUMNS, rows)
+        cols = NEW_EPOCH_COLUMNS if new_format else [c for c in rundir.EPOCH_COLUMNS if not c.startswith(
+            ("val_", "train_eval_"))]
+        rundir.append_rows(run / rundir.EPOCHS_CSV, cols, rows)
+    if steps:
         rundir.append_rows(run / rundir.STEPS_CSV, rundir.STEP_COLUMNS, steps)
     if summary:
         evals = [(i + 1, a) for i, a in enumerate(test_acc) if a is not None]
-        select = "val" if has_val else "test"
-        chosen = [(i + 1, a) for i, a in enumerate(val_acc if select == "val" else test_acc) if a is not None]
-        best_epoch, best_chosen = max(chosen, key=lambda t: t[1]) if chosen else (None, None)
-        vals = [a for a in val_acc if a is not None]
-        trains = [a for a in train_eval_acc if a is not None]
-        rundir.atomic_write_json(run / rundir.SUMMARY_JSON, {
+        vals = [(i + 1, a) for i, a in enumerate(val_acc) if a is not None]
+        best_epoch, best = max(evals, key=lambda t: t[1]) if evals else (None, None)
+        record = {
             "status": status, "error": error, "traceback": f"Traceback ...\n{error}" if error else None,
-            "overrides": overrides, "choices": choices, "config": config, "config_hash": "0" * 16,
+            "overrides": overrides, "choices": choices, "config": config,
+            "config_hash": config_hash or hashlib.sha256(json.dumps(sorted(overrides)).encode()).hexdigest()[:16],
             "params": params, "mult_adds": mult_adds, "epochs_planned": planned, "epochs_done": n,
-            "selection": select, "final_val_acc": vals[-1] if vals else None,
-            "best_val_acc": best_chosen if select == "val" else None, "best_epoch": best_epoch,
-            "test_acc_at_best": test_acc[best_epoch - 1] if best_epoch else None,
-            "final_test_acc": evals[-1][1] if evals else None,
-            "best_test_acc": max(a for _, a in evals) if evals else None,
-            "final_train_eval_acc": trains[-1] if trains else None,
+            "final_test_acc": evals[-1][1] if evals else None, "best_test_acc": best, "best_epoch": best_epoch,
             "final_train_acc": train_acc[-1] if n else None, "seconds": epoch_seconds * n,
             "images_per_second": images_per_second if n else None, "device": "cpu", "torch_version": "x",
             "seed": int(config["trainer"]["seed"]), "run_dir": str(run),
-            **(runlock.owner() if status == "running" else {})})  # a running run: this live process writes it
+            **(runlock.owner() if status == "running" else {})}  # a running run: this live process writes it
+        if new_format:
+            chose = vals if vals else evals
+            best_epoch = max(chose, key=lambda t: t[1])[0] if chose else None
+            record.update(
+                selection=selection or ("val" if vals else "test"), best_epoch=best_epoch,
+                final_val_acc=vals[-1][1] if vals else None, best_val_acc=max(a for _, a in vals) if vals else None,
+                test_acc_at_best=test_acc[best_epoch - 1] if best_epoch else None,
+                final_train_eval_acc=next((a for a in reversed(train_eval_acc) if a is not None), None))
+        if scheduler_metric:
+            record["scheduler_metric"] = scheduler_metric
+        rundir.atomic_write_json(run / rundir.SUMMARY_JSON, record)
     return run
 
 
@@ -151,6 +179,41 @@ def sweep(root: Path, finals: Mapping[str, Sequence[float]], key: str = "schedul
     for lvl, accs in finals.items():
         for seed, acc in enumerate(accs):
             write_run(root, [f"{key}={lvl}", f"trainer.seed={seed}"], curve(acc, n_epochs))
+    return root
+
+
+@contextlib.contextmanager
+def unsynced() -> Iterator[None]:
+    """Skip fsync while writing simulated sweeps: durability is not under test there, and thousands of
+    fsyncs would take most of a simulation's time. The files written are byte-for-byte the same."""
+    fsync = os.fsync
+    os.fsync = lambda fd: None
+    try:
+        yield
+    finally:
+        os.fsync = fsync
+
+
+def level_name(i: int) -> str:
+    return f"l{i}"
+
+
+def finals_sweep(root: Path, acc: Sequence[Sequence[float]], paired: bool, key: str = "scheduler") -> Path:
+    """A simulated sweep: ``acc[i][s]`` is the final test accuracy of level i's s-th run (2 epochs each).
+
+    Paired: every level ran seeds 0..n-1. Unpaired: each level ran its own seeds (level i: i*n ..),
+    as when levels come from different sweeps."""
+    levels = [level_name(i) for i in range(len(acc))]
+    n = max(len(a) for a in acc)
+    seeds = [list(range(n)) if paired else list(range(i * n, (i + 1) * n)) for i in range(len(acc))]
+    all_seeds = sorted({s for ss in seeds for s in ss})
+    write_multirun(root, [f"{key}={','.join(levels)}", f"trainer.seed={','.join(map(str, all_seeds))}"]
+                   if paired else [f"{key}={','.join(levels)}"])
+    with unsynced():
+        for lvl, accs, ss in zip(levels, acc, seeds):
+            for seed, a in zip(ss, accs):
+                write_run(root, [f"{key}={lvl}", f"trainer.seed={seed}"], curve(float(a), 2), steps_per_epoch=0,
+                          hydra=False)
     return root
 
 

@@ -39,7 +39,7 @@ def test_every_key_outside_the_identity_leaves_hash_and_name_alone():
 
 def test_job_dirs_are_named_by_the_identity_definition():
     """conf/config.yaml names job dirs through ablate.identity.job_dirname, nothing of its own."""
-    cfg = compose(["scheduler=step", "trainer.seed=1", "trainer.device=cpu", "data.root=/x", "report.seed=2",
+    cfg = compose(["scheduler=step", "trainer.seed=1", "trainer.device=cpu", "data.root=/x", "report.min_seeds=2",
                    "experiment=lenet_fashion"], return_hydra_config=True)
     from omegaconf import OmegaConf
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats as st
 import yaml
 from omegaconf import OmegaConf
 
@@ -55,83 +56,59 @@ def test_arms_mean_std_and_summary_csv(sweep3):
     for lvl, accs in FINALS.items():
         m, s = 100 * np.mean(accs), 100 * np.std(accs, ddof=1)
         assert df.loc[lvl, "test acc % (mean ± std)"] == f"{m:.2f} ± {s:.2f}"
-        assert df.loc[lvl, "finished / expected"] == "3 / 3"
-    assert list(df.index) == ["cosine", "plateau", "step"]  # by mean
+        assert df.loc[lvl, "results / expected"] == "3 / 3"
+    assert list(df.index) == ["cosine", "plateau", "step"]  # rank (all =1 here), then mean
     rows = _rows(sweep3 / "report" / "summary.csv")
     assert len(rows) == 9
-    assert {"scheduler", "seed", "status", "params", "final_test_acc", "best_test_acc", "best_epoch",
-            "final_train_acc", "gap_final", "gap_best", "seconds", "images_per_second"} <= set(rows[0])
+    assert {"scheduler", "seed", "status", "params", "result", "final_test_acc", "best_test_acc", "best_epoch",
+            "test_acc_at_best", "selection", "final_train_acc", "gap_final", "gap_best", "seconds",
+            "images_per_second", "config_hash"} <= set(rows[0])
     assert "trainer.seed" not in rows[0]  # the seed is its own column, not an arm factor
     r = next(r for r in rows if r["scheduler"] == "step" and r["seed"] == "1")
     assert float(r["final_test_acc"]) == pytest.approx(0.82)
     assert float(r["best_test_acc"]) == pytest.approx(0.825) and r["best_epoch"] == "4"
+    assert r["selection"] == "test" and float(r["result"]) == pytest.approx(0.82)
     assert float(r["gap_final"]) == pytest.approx(0.02) and float(r["seconds"]) == pytest.approx(10.0)
     md = (sweep3 / "report" / "report.md").read_text()
-    assert "| cosine | 1 | 83.83 ± 0.76 | 3 / 3 |" in md
+    assert "| cosine | =1 | 83.83 ± 0.76 | 3 / 3 | 0 | 0 |" in md
+    assert "std is the sample standard deviation (ddof = 1)" in md
 
 
-def test_paired_difference_and_interval_match_a_direct_computation(sweep3):
+def test_paired_difference_interval_and_verdict_line(sweep3):
     rep = report.build([sweep3], plots=False)
-    c = report.compare_levels(rep, "scheduler", "cosine", "step")
+    v = report.compare_levels(rep, "scheduler", "cosine", "step")
     d = np.array(FINALS["cosine"]) - np.array(FINALS["step"])  # paired by seed
-    rng = np.random.default_rng(rep.conf.seed)
-    boots = d[rng.integers(0, 3, size=(rep.conf.bootstrap, 3))].mean(axis=1)
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    assert c.paired and c.n_a == 3
-    assert c.diff == pytest.approx(d.mean()) and c.lo == pytest.approx(lo) and c.hi == pytest.approx(hi)
-    assert c.p_beats == 1.0
-    verdict = next(lines for k, lines in rep.verdicts if k == "scheduler")
-    assert verdict[1] == (f"cosine beats step by {100 * d.mean():+.2f} points (95% CI {100 * lo:+.2f} to "
-                          f"{100 * hi:+.2f}, 3 seeds, paired); P(cosine > step on a fresh seed) = 1.00")
+    raw = [stats.compare(FINALS[x], FINALS[y], True) for x, y in (("cosine", "step"), ("cosine", "plateau"),
+                                                                    ("plateau", "step"))]
+    _, levels = stats.holm([c.p_value for c in raw])
+    half = st.t.ppf(1 - levels[0] / 2, 2) * d.std(ddof=1) / math.sqrt(3)
+    c = v.c
+    assert (v.a, v.b, c.paired, c.n, c.method) == ("cosine", "step", True, 3, "paired t")
+    assert c.diff == pytest.approx(d.mean()) and (c.ci_low, c.ci_high) == pytest.approx((d.mean() - half,
+                                                                                       d.mean() + half))
+    assert c.p_adjusted == pytest.approx(3 * raw[0].p_value) and not v.conclusive  # p = 0.023 alone, 0.07 of 3
+    assert v.seeds_needed == stats.seeds_needed(c.sd, c.diff, levels[0]) and v.seeds_needed > 3
+    line = next(x for x in rep.verdict_lines[0][1] if x.startswith("cosine vs step"))
+    assert line == (f"cosine vs step: inconclusive, cosine ahead by {100 * d.mean():.2f} points "
+                    f"({100 * (1 - levels[0]):.4g}% CI {100 * c.ci_low:+.2f} to {100 * c.ci_high:+.2f}, adjusted p = "
+                    f"{c.p_adjusted:.3g}; paired t on 3 seeds, cosine won 3 of 3 seeds; the interval crosses zero). "
+                    f"With 3 seeds, differences under {100 * v.min_detectable:.2f} points cannot be told apart; "
+                    f"about {v.seeds_needed} seeds would settle this one.")
 
 
-def test_bootstrap_analytic_cases():
-    # A constant paired difference has a zero-width interval at that difference.
-    assert stats.bootstrap_diff([3, 5, 9], [2, 4, 8], paired=True) == (1.0, 1.0, 1.0)
-    # Many seeds: the percentile interval approaches mean ± 1.96 s / sqrt(n).
-    rng = np.random.default_rng(1)
-    a, b = rng.normal(0.8, 0.02, 400), rng.normal(0.79, 0.02, 400)
-    diff, lo, hi = stats.bootstrap_diff(a, b, paired=False, n_boot=4000)
-    half = 1.96 * math.sqrt(a.var(ddof=1) / 400 + b.var(ddof=1) / 400)
-    assert diff == pytest.approx(0.01 + (a.mean() - 0.8) - (b.mean() - 0.79))
-    assert (hi - lo) / 2 == pytest.approx(half, rel=0.1) and (lo + hi) / 2 == pytest.approx(diff, abs=half / 5)
-    # Too few values: no interval rather than a zero-width one.
-    assert math.isnan(stats.bootstrap_diff([1.0], [0.5], paired=False)[1])
-    # P(a beats b): paired = share of seeds won (ties half); unpaired = Mann-Whitney AUC.
-    assert stats.prob_beats([1, 2, 3], [0, 2, 4], paired=True) == pytest.approx(0.5)
-    assert stats.prob_beats([1, 3], [2], paired=False) == pytest.approx(0.5)
-    assert stats.prob_beats([3, 4], [1, 2, 3], paired=False) == pytest.approx((5 + 0.5) / 6)
-
-
-def test_unpaired_when_seeds_differ(tmp_path):
-    sweep = tmp_path / "s"
-    for seed, acc in enumerate([0.80, 0.82, 0.81]):
-        rundirs.write_run(sweep, ["scheduler=step", f"trainer.seed={seed}"], rundirs.curve(acc))
-    for seed, acc in zip([10, 11], [0.9, 0.88]):
-        rundirs.write_run(sweep, ["scheduler=cosine", f"trainer.seed={seed}"], rundirs.curve(acc))
-    rep = report.build([sweep], plots=False)
-    c = report.compare_levels(rep, "scheduler", "cosine", "step")
-    assert not c.paired and (c.n_a, c.n_b) == (2, 3)
-    a, b = np.array([0.9, 0.88]), np.array([0.80, 0.82, 0.81])
-    rng = np.random.default_rng(0)
-    boots = (a[rng.integers(0, 2, size=(rep.conf.bootstrap, 2))].mean(1)
-             - b[rng.integers(0, 3, size=(rep.conf.bootstrap, 3))].mean(1))
-    assert (c.lo, c.hi) == pytest.approx(tuple(np.quantile(boots, [0.025, 0.975])))
-    assert "2 vs 3 seeds, unpaired" in rep.verdicts[0][1][0]
-    assert any("cosine has 2 finished seeds, fewer than min_seeds=3" in w for w in rep.warnings)
-
-
-def test_ties_are_marked_and_inconclusive_said(tmp_path):
-    assert stats.tie_ranks([0.9, 0.89, 0.7], [0.02, 0.02, 0.01]) == ["=1", "=1", "3"]
-    assert stats.tie_ranks([0.9, 0.8, float("nan")], [0.01, 0.01, float("nan")]) == ["1", "2", "-"]
-    sweep = rundirs.sweep(tmp_path / "s", {"a": [0.80, 0.84, 0.82], "b": [0.83, 0.79, 0.81],
-                                           "c": [0.60, 0.61, 0.62]})
-    rep = report.build([sweep], plots=False)
-    df = _table(rep, "table-factor-scheduler").set_index("scheduler")
-    assert df["rank"].to_dict() == {"a": "=1", "b": "=1", "c": "3"}
-    lines = rep.verdicts[0][1]
-    assert lines[0].startswith("a vs b: inconclusive, +1.00 points (95% CI") and "crosses zero" in lines[0]
-    assert lines[1].startswith("a beats c by +21.00 points")
+def test_verdicts_csv_one_row_per_comparison(sweep3):
+    report.make_report([sweep3], figures=False, arm_panels=False)
+    rows = _rows(sweep3 / "report" / "verdicts.csv")
+    rep = report.build([sweep3], plots=False)
+    assert len(rows) == len(rep.verdicts) == 3
+    assert {"factor", "a", "b", "diff", "ci_low", "ci_high", "n_a", "n_b", "paired", "p_value", "p_adjusted",
+            "conclusive", "seeds_needed", "excluded", "within", "method"} <= set(rows[0])
+    for row, v in zip(rows, rep.verdicts):
+        assert (row["factor"], row["within"], row["a"], row["b"]) == ("scheduler", "", v.a, v.b)
+        assert float(row["diff"]) == pytest.approx(v.c.diff) and 0 <= float(row["diff"]) < 1  # a fraction
+        assert row["conclusive"] in ("true", "false") and row["paired"] == "true"
+        assert row["method"] == "paired t; Holm over 3 comparisons" and row["excluded"] == "0"
+        assert int(row["seeds_needed"]) == v.seeds_needed
 
 
 def test_every_health_flag(tmp_path):
@@ -155,15 +132,17 @@ def test_every_health_flag(tmp_path):
     # A non-finite loss in epochs.csv is caught even when the summary does not say so.
     rundirs.write_run(tmp_path / "t", ["model=d"], [0.5, 0.6], train_loss=[0.9, float("inf")])
     assert "diverged" in report.load_run(tmp_path / "t" / "model=d", tmp_path / "t").flags
-    # Excluded from means: model=b has no mean; flagged-but-valid runs (model=c) are kept in.
+    # model=b: the diverged run is its one result, at chance; the failed and unfinished ones are excluded.
+    # Flagged-but-valid runs (model=c) are kept in.
     df = _table(rep, "table-factor-model").set_index("model")
-    assert df.loc["b", "test acc % (mean ± std)"] == "-" and df.loc["b", "finished / expected"] == "0 / 3"
-    assert df.loc["b", "rank"] == "-" and df.loc["b", "flagged runs"] == 3
+    assert df.loc["b", "test acc % (mean ± std)"] == "10.00 (1 seed)" and df.loc["b", "results / expected"] == "1 / 3"
+    assert (df.loc["b", "diverged"], df.loc["b", "excluded"], df.loc["b", "flagged runs"]) == (1, 2, 3)
     c = [0.7, 0.71]
     assert df.loc["c", "test acc % (mean ± std)"] == f"{100 * np.mean(c):.2f} ± {100 * np.std(c, ddof=1):.2f}"
     md = report.markdown(rep)
     assert "Flags: 1 failed, 1 diverged, 1 incomplete, 1 still improving, 1 overfitting." in md
-    assert "| model=b,trainer.seed=0 | failed | failed | RuntimeError: CUDA out of memory | no |" in md
+    assert "| model=b,trainer.seed=0 | failed | failed | RuntimeError: CUDA out of memory | no (excluded) |" in md
+    assert "| model=b,trainer.seed=1 | diverged | diverged | non-finite training loss in epoch 2 | at chance |" in md
     assert "model=c has 2 finished seeds" in md
 
 
@@ -207,9 +186,14 @@ def test_partial_sweep_still_reports(tmp_path):
     assert "failed" in by["scheduler=plateau,trainer.seed=0"].flags
     assert "incomplete" in by["scheduler=plateau,trainer.seed=1"].flags
     df = _table(rep, "table-factor-scheduler").set_index("scheduler")
-    assert df["finished / expected"].to_dict() == {"cosine": "2 / 3", "step": "3 / 3", "plateau": "0 / 3"}
+    assert df["results / expected"].to_dict() == {"cosine": "2 / 3", "step": "3 / 3", "plateau": "0 / 3"}
+    assert df["excluded"].to_dict() == {"cosine": 1, "step": 0, "plateau": 2}
     assert rep.n_expected == 9
-    assert "Runs: 8 found of 9 expected, 5 counted in the means" in (out.parent / "report.md").read_text()
+    md = (out.parent / "report.md").read_text()
+    assert "Runs: 8 found of 9 expected, 5 counted in the means" in md
+    assert "plateau: no run has a result (1 failed, 1 incomplete); not compared" in md
+    v = report.compare_levels(rep, "scheduler", "cosine", "step")
+    assert (v.excluded_a, v.c.n, v.unpartnered) == (1, 2, 1)
 
 
 def test_merge_two_sweeps_and_cli(tmp_path, capsys):
@@ -217,21 +201,25 @@ def test_merge_two_sweeps_and_cli(tmp_path, capsys):
     b = rundirs.sweep(tmp_path / "b", {"plateau": [0.805, 0.83, 0.80], "cosine": [0.85]})
     assert report_main([str(a), str(b)]) == 2
     assert "--out" in capsys.readouterr().err
-    assert report_main([str(a), str(b), "--out", str(tmp_path / "merged"), "--bootstrap", "500"]) == 0
+    assert report_main([str(a), str(b), "--out", str(tmp_path / "merged"), "--confidence", "0.9"]) == 0
     assert "Report: " + str(tmp_path / "merged" / "index.html") in capsys.readouterr().out
     rows = _rows(tmp_path / "merged" / "summary.csv")
     assert len(rows) == 10 and {r["sweep"] for r in rows} == {str(a), str(b)}
+    assert {r["confidence"] for r in _rows(tmp_path / "merged" / "verdicts.csv")} <= {"0.9", str(1 - 0.1 / 3),
+                                                                                    str(1 - 0.1 / 2)}
     rep = report.build([a, b], plots=False)
-    assert rep.conf.bootstrap == 2000  # the runs' recorded report config (rundirs writes 2000)
+    assert rep.conf.confidence == 0.95  # the runs' recorded report config
     assert sorted(rep.arms) == [("cosine",), ("plateau",), ("step",)]
     cos = sorted(r.final_test_acc for r in rep.arms[("cosine",)])
     assert cos == pytest.approx([0.83, 0.84, 0.845, 0.85])
-    # The duplicated (cosine, seed 0) unit is averaged before pairing with step's seed 0.
+    # The repeated (cosine, seed 0) unit is averaged, in the table as in the verdicts.
     vals = report.factor_values(rep, "scheduler")["cosine"]
     assert vals[(0,)] == pytest.approx((0.83 + 0.85) / 2)
     df = _table(rep, "table-factor-scheduler").set_index("scheduler")
-    assert df.loc["cosine", "finished / expected"] == "4 / 6"  # b planned seeds 0-2 for cosine too
-    assert df.loc["cosine", "test acc % (mean ± std)"] == f"{100 * np.mean(cos):.2f} ± {100 * np.std(cos, ddof=1):.2f}"
+    assert df.loc["cosine", "results / expected"] == "3 / 3"  # b planned seeds 0-2 for cosine too: the same ones
+    units = list(vals.values())
+    assert df.loc["cosine", "test acc % (mean ± std)"] == (f"{100 * np.mean(units):.2f} ± "
+                                                         f"{100 * np.std(units, ddof=1):.2f}")
 
 
 def test_two_factors_grid_single_run_and_errors(tmp_path):
@@ -244,20 +232,101 @@ def test_two_factors_grid_single_run_and_errors(tmp_path):
     rep = report.build([sweep])
     assert rep.keys == ["model", "scheduler"]
     assert {t for t, _, _ in rep.tables} == {"table-factor-model", "table-factor-scheduler", "table-grid"}
-    c = report.compare_levels(rep, "scheduler", "cosine", "step")
-    assert c.paired and c.n_a == 6 and c.diff == pytest.approx(0.02) and (c.lo, c.hi) == pytest.approx((0.02, 0.02))
-    assert {n for n, _, _ in rep.figures} == {"test_acc.png", "test_loss.png", "train_vs_test.png", "lr.png",
-                                              "train_loss.png"}
+    v = report.compare_levels(rep, "scheduler", "cosine", "step")
+    assert v.c.paired and v.c.n == 6 and v.c.diff == pytest.approx(0.02) and not v.c.has_interval  # no spread
+    assert v.unit == "(model, seed) pairs"
+    w = report.compare_levels(rep, "scheduler", "cosine", "step", within="model=lenet")
+    assert w.c.n == 3 and w.unit == "seeds" and {x.c.family for x in rep.verdicts} == {len(rep.verdicts)}
+    assert len(rep.verdicts) == 2 * 3  # per factor: pooled + within each level of the other
+    assert {n for n, _, _ in rep.figures} == {"verdicts.png", "test_acc.png", "test_loss.png", "train_vs_test.png",
+                                              "lr.png", "train_loss.png"}
     # A single run directory is its own sweep.
     one = rundirs.write_run(tmp_path / "single", [], [0.5, 0.6, 0.55])
     assert report.make_report([one]) == one / "report" / "index.html"
     rep1 = report.build([one], plots=False)
     assert rep1.keys == [] and rep1.verdicts == [] and [t for t, _, _ in rep1.tables] == ["table-grid"]
+    assert rep1.verdict_lines == []
     (tmp_path / "empty").mkdir()
     with pytest.raises(report.ReportError, match=r"^no run directories under .*empty \(looked for summary.json"):
         report.make_report([tmp_path / "empty"])
     with pytest.raises(ConfigError, match="report.confidence"):
         report.make_report([one], confidence=1.5)
+
+
+def test_figure_free_path_writes_tables_and_verdicts_only(sweep3, tmp_path):
+    out = report.make_report([sweep3], tmp_path / "a", figures=False, arm_panels=False)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["index.html", "report.md", "summary.csv", "verdicts.csv"]
+    assert "<img" not in out.read_text()
+    assert report_main([str(sweep3), "--out", str(tmp_path / "b"), "--no-figures"]) == 0
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(p.name for p in out.parent.iterdir())
+    assert (tmp_path / "b" / "verdicts.csv").read_text() == (out.parent / "verdicts.csv").read_text()
+
+
+def test_a_flag_every_run_has_is_one_header_line(tmp_path):
+    sweep = tmp_path / "s"
+    for sch in ("step", "cosine", "plateau"):
+        for seed in range(3):  # best epoch = the last: every run was still improving
+            rundirs.write_run(sweep, [f"scheduler={sch}", f"trainer.seed={seed}"], [0.5, 0.6, 0.7 + seed / 100])
+    rundirs.write_run(sweep, ["scheduler=step", "trainer.seed=3"], [0.5, 0.6, 0.8], train_acc=[0.9, 0.99, 1.0])
+    rep = report.build([sweep], plots=False)
+    assert rep.shared_flags() == ["still improving"]
+    md = report.markdown(rep)
+    assert "- all 10 runs were still improving at the last epoch: train longer before comparing." in md
+    fl = report.flags_frame(rep)
+    assert fl["flag"].tolist() == ["overfitting"]  # the one flag not every run has keeps its row
+
+
+def test_validation_split_chooses_the_best_epoch_and_test_chooses_nothing(tmp_path):
+    sweep = tmp_path / "s"
+    for seed in range(2):
+        # Validation peaks in epoch 2, test in epoch 3: the best epoch shown is 2, with epoch 2's test accuracy.
+        rundirs.write_run(sweep, ["scheduler=plateau", f"trainer.seed={seed}"], [0.70, 0.72, 0.74, 0.73],
+                          val_acc=[0.71, 0.76, 0.75, 0.74], train_eval_acc=[0.72, 0.8, 0.85, 0.9],
+                          scheduler_metric="val_loss")
+    rep = report.build([sweep], plots=False)
+    r = rep.runs[0]
+    assert (r.selection, r.best_epoch, r.test_acc_at_best, r.best_val_acc) == ("val", 2, 0.72, 0.76)
+    assert r.final_test_acc == 0.73 and r.best_test_acc == 0.74 and r.final_val_acc == 0.74
+    df = _table(rep, "table-grid")
+    assert (df.loc[0, "best epoch"], df.loc[0, "test acc at best epoch %"]) == ("2.0", "72.00")
+    assert "Best epoch: chosen on the validation split; the test set chose nothing" in report.markdown(rep)
+    assert not any("still improving" in r.flags for r in rep.runs)  # validation's best is not the last epoch
+    # val_size 0, as the tutorial presets: plateau steps on the test loss, and the header says so.
+    tut = tmp_path / "t"
+    for seed in range(2):
+        rundirs.write_run(tut, ["scheduler=plateau", f"trainer.seed={seed}"], [0.70, 0.72, 0.74, 0.73],
+                          selection="test", scheduler_metric="test_loss")
+        rundirs.write_run(tut, ["scheduler=cosine", f"trainer.seed={seed}"], [0.70, 0.72, 0.74, 0.73],
+                          selection="test")
+    md = report.markdown(report.build([tut], plots=False))
+    assert "No validation split in every run (dataset.val_size 0)" in md
+    assert "plateau stepped on the test loss, as the tutorial did: its test accuracy is optimistic." in md
+    assert "cosine stepped" not in md
+    # Older run directories (no val or clean-train columns, no selection) read as before, and say the same.
+    old = rundirs.sweep(tmp_path / "old", {"plateau": [0.8, 0.81], "step": [0.79, 0.8]})
+    rep = report.build([old, sweep], plots=False, arm_panels=False)
+    assert {r.selection for r in rep.runs} == {"val", "test"}
+    assert "No validation split in 4 runs" in report.markdown(rep)
+
+
+def test_each_arm_keeps_one_style_in_every_panel(tmp_path):
+    sweep = tmp_path / "g"
+    for model, bump in (("lenet", 0.0), ("cnn3", 0.05)):
+        for sch, base in (("step", 0.8), ("cosine", 0.82), ("plateau", 0.78)):
+            for seed in range(2):
+                rundirs.write_run(sweep, [f"scheduler={sch}", f"model={model}", f"trainer.seed={seed}"],
+                                  rundirs.curve(base + (0.06 if (model, sch) == ("lenet", "plateau") else bump)
+                                                + seed / 200))
+    rep = report.build([sweep], plots=False)
+    from ablate.report import figures
+
+    fig = figures.per_arm_figure(rep, "test_acc", "Test accuracy", "%", True)
+    seen: dict[str, tuple] = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            style = (line.get_color(), line.get_marker(), line.get_linestyle())
+            assert seen.setdefault(line.get_label(), style) == style  # the same arm, the same look, every panel
+    assert len(seen) == 3 and len(set(seen.values())) == 3 and len(fig.axes) == 2
 
 
 def test_report_conf_matches_default_yaml():
@@ -279,7 +348,10 @@ def test_hundred_runs_in_a_few_seconds(tmp_path):
     assert rep.keys == ["optimizer.lr"] and len(rep.arms) == 100
     df = _table(rep, "table-factor-optimizer-lr")
     assert len(df) == 100 and df["test acc % (mean ± std)"].str.endswith("(1 seed)").all()
+    assert (df["rank"] == "=1").all()  # nothing separates them
     assert "100 of 100 arms have fewer than 3 finished seeds" in rep.warnings[0]
+    assert rep.verdicts == [] and rep.untested == {("optimizer.lr", ""): 100 * 99 // 2}  # one seed each: no test
+    assert "4950 pairs of levels cannot be compared: fewer than 2 finished seeds on a side" in report.markdown(rep)
 
 
 class _Refs(HTMLParser):
@@ -301,15 +373,18 @@ def test_html_is_self_contained_with_every_table(sweep3):
     page = report.make_report([sweep3]).read_text()
     p = _Refs()
     p.feed(page)
-    assert len(p.imgs) == 5 and all(s.startswith("data:image/png;base64,") for s in p.imgs)
+    assert len(p.imgs) == 6 and all(s.startswith("data:image/png;base64,") for s in p.imgs)
     assert not [r for r in p.refs if r.lower().startswith(("http:", "https:", "//"))]
     assert "http://" not in page and "https://" not in page
     assert p.tables == ["table-factor-scheduler", "table-flags", "table-runs"]
-    assert "cosine beats step by" in page and "Flags: 1 failed" in page
+    assert "cosine vs step: inconclusive" in page and "Flags: 1 failed" in page
+    # The forest plot is the first thing after the header, before the verdicts' text.
+    assert page.index("id='header'") < page.index("<figure id='forest'>") < page.index("id='verdicts'")
+    assert "figure img{width:100%" in page  # figures take the page's width
 
 
 def test_callback_writes_report_and_never_raises(sweep3, tmp_path, capsys):
-    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep3)}}, "report": {"bootstrap": 300}})
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep3)}}, "report": {"min_seeds": 2}})
     ReportCallback().on_multirun_end(cfg)
     out = capsys.readouterr().out
     assert f"Report: {sweep3 / 'report' / 'index.html'}" in out and "Runs: 9 job dir(s)" in out
@@ -426,7 +501,7 @@ def test_structure_sweep_shows_parameters_multiply_adds_and_the_compute_figure(t
 
 def test_report_stays_import_light():
     code = ("import sys, ablate.report; "
-            "print(sorted(m for m in ('torch', 'matplotlib', 'ablate.inspect') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'matplotlib', 'scipy', 'ablate.inspect') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 
@@ -463,7 +538,7 @@ def test_report_shows_best_and_worst_arm_side_by_side(real_sweep):
     assert page.index("id='panel-best'") < page.index("id='panel-worst'") < page.index("id='runs'")
     p = _Refs()
     p.feed(page)
-    # 6 figures (lenet and simple_cnn differ in size: accuracy against compute too) and 4 panels
+    # 6 figures (lenet and simple_cnn differ in size: accuracy against compute too; no forest: 1 seed) and 4 panels
     assert len(p.imgs) == 6 + 4 and all(s.startswith("data:image/png;base64,") for s in p.imgs)
     for name in ("best_confusion.png", "best_gradcam.png", "worst_confusion.png", "worst_gradcam.png"):
         assert base64.b64encode((out / name).read_bytes()).decode() in page
