@@ -75,12 +75,6 @@ def write_run(sweep: Path, overrides: Sequence[str] = (), test_acc: Sequence[flo
     train_acc = list(train_acc) if train_acc is not None else [min(1.0, (a or 0.5) + 0.02) for a in test_acc]
     train_loss = list(train_loss) if train_loss is not None else [1.0 / (e + 1) for e in range(n)]
     test_loss = list(test_loss) if test_loss is not None else [None if a is None else 1.0 - a for a in test_acc]
-    if val_acc is None:
-        val_acc = [None if a is None or not has_val else min(1.0, a + 0.01) for a in test_acc]
-    val_acc = list(val_acc)
-    if train_eval_acc is None:
-        train_eval_acc = [None if a is None else min(1.0, t + 0.01) for a, t in zip(test_acc, train_acc)]
-    train_eval_acc = list(train_eval_acc)
     lr = list(lr) if lr is not None else [0.1 * 0.5 ** e for e in range(n)]
     new_format = val_acc is not None or train_eval_acc is not None or selection is not None
     val_acc = val_acc or [None] * n

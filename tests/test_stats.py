@@ -218,3 +218,20 @@ def test_min_detectable_and_seeds_needed_agree():
     assert stats.seeds_needed(0.01, 0.0) is None and stats.min_detectable(0.01, 1) == math.inf
     with pytest.raises(ValueError, match="sd=0.0"):
         stats.seeds_needed(0.0, 0.01)
+
+
+@pytest.mark.parametrize("n,confidence", [(3, 0.95), (5, 0.9)])
+def test_t_interval_covers_the_mean_at_its_stated_rate(n, confidence):
+    """Seeds as draws of normal noise around a true accuracy: the interval covers it at its stated rate."""
+    rng = np.random.default_rng(0)
+    trials = 4000
+    hits = 0
+    for _ in range(trials):
+        m, lo, hi = stats.t_interval(rng.normal(0.9, 0.01, n), confidence)
+        hits += lo <= 0.9 <= hi
+    assert abs(hits / trials - confidence) < 4.5 * math.sqrt(confidence * (1 - confidence) / trials)
+    m, lo, hi = stats.t_interval([0.80, 0.82, 0.84], 0.95)  # s = 0.02, t(2) = 4.303
+    assert (m, hi - m, m - lo) == pytest.approx((0.82, 4.3027 * 0.02 / math.sqrt(3), 4.3027 * 0.02 / math.sqrt(3)),
+                                                rel=1e-4)
+    assert math.isnan(stats.t_interval([0.8], 0.95)[1])  # one seed: no spread to size it from
+    assert math.isnan(stats.t_interval([0.8, 0.8], 0.95)[1])

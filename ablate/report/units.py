@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .runs import Run
+from .runs import Run, model_size
 
 REPEAT_RULE = ("a configuration and seed run more than once (merged sweeps) counts once, as the mean of its "
                "runs' results, in the tables and the verdicts alike")
