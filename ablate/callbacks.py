@@ -57,10 +57,10 @@ class ReportCallback(Callback):
             knobs = OmegaConf.to_container(knobs, resolve=True) if isinstance(knobs, DictConfig) else {}
             runs = report.find_runs(sweep)
             print(f"Runs: {len(runs)} job dir(s) in {sweep}/", flush=True)
-            path = report.make_report([sweep], **{k: v for k, v in knobs.items()
-                                                  if k in ReportConf.__dataclass_fields__})
+            rep = report.build([sweep], **{k: v for k, v in knobs.items() if k in ReportConf.__dataclass_fields__})
+            path = report.write(rep, sweep / report.REPORT_DIR)
             print(f"Report: {path}", flush=True)
-            print("\n".join(verdict_lines(Path(path).parent)), flush=True)
+            print("\n".join(verdict_lines(rep)), flush=True)
         except Exception as e:  # noqa: BLE001
             log.warning("report callback: no report written (%s: %s); run python -m ablate.report %s",
                         type(e).__name__, e, shlex.quote(str(config.hydra.sweep.dir)) if "hydra" in config
@@ -77,20 +77,13 @@ class ReportCallback(Callback):
                             type(e).__name__, e)
 
 
-def verdict_lines(report_dir: Path) -> list[str]:
-    """The verdicts section of ``report.md``, as terminal lines (what a sweep ends by saying)."""
-    try:
-        text = (Path(report_dir) / "report.md").read_text()
-    except OSError:
-        return []
-    lines, inside = ["Verdicts:"], False
-    for line in text.splitlines():
-        if line.startswith("## "):
-            inside = line.strip() == "## Verdicts"
-        elif inside and line.strip():
-            bold = line.strip().strip("*")
-            lines.append(f"  {line[2:]}" if line.startswith("- ") else f"{bold}:" if line.startswith("**") else line)
-    return lines
+def verdict_lines(rep: Any) -> list[str]:
+    """A report's verdicts as terminal lines (what a sweep ends by saying): the lines of report.md's
+    verdict section, factor by factor."""
+    lines = ["Verdicts:"]
+    for key, said in rep.verdict_lines:
+        lines += [f"{key}:", *(f"  {line}" for line in said)]
+    return lines if len(lines) > 1 else ["Verdicts: nothing varies across the runs but the seed."]
 
 
 class ProgressCallback(Callback):
