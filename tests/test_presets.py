@@ -138,8 +138,12 @@ def _verdict_keys(report_md: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_dry_run_lists_every_run_of_structure_norm(tmp_path):
+    from fakedata import make_mnist_like
+
     sweep = tmp_path / "sweep"
-    r = run_cli(["-m", "experiment=structure_norm", "dry_run=true", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    make_mnist_like(tmp_path / "data")  # a dry run checks the data set is there, as a launch does
+    r = run_cli(["-m", "experiment=structure_norm", "dry_run=true", f"hydra.sweep.dir={sweep}",
+                 f"data.root={tmp_path / 'data'}"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("[dry run]")]
     assert sorted(ln.split(" -> ")[1] for ln in lines) == sorted(
