@@ -144,8 +144,10 @@ class GraphStep:
         finally:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # once: the warm-up's kernels count as warm-up
-            if self.phases is not None:
-                self.phases.add("warmup", time.perf_counter() - t0)
+            if self.phases is not None:  # it ran inside the epoch loop, whose time is added to train later
+                spent = time.perf_counter() - t0
+                self.phases.add("warmup", spent)
+                self.phases.add("train", -spent)
 
     def _warm_up_and_capture(self, idx: Tensor) -> None:
         lr_to_tensor(self.optimizer, self.device)

@@ -7,8 +7,8 @@ of its process's time:
   run's end) to this run's setup: interpreter and imports, Hydra, the run's claim;
 - ``data``: the data set read, its batches and evaluation splits on the device;
 - ``setup``: model, optimizer, scheduler, a resumed checkpoint;
-- ``warmup``: a CUDA graph's warm-up steps and capture (measured inside the first epoch's
-  loop and reported apart from ``train``);
+- ``warmup``: a CUDA graph's warm-up steps and capture (they run inside the first epoch's
+  loop and are taken out of ``train``), a packed group's memory probe;
 - ``train``: the training steps; ``eval``: the evaluations; ``checkpoint``: ``checkpoint.pt``
   and ``best.pt``; ``write``: the CSV rows, ``summary.json`` and ``model.pt``.
 
@@ -70,9 +70,7 @@ class Phases:
             self.add(phase, (time.perf_counter() - t0) / share)
 
     def as_dict(self) -> dict[str, float]:
-        d = dict(self.seconds)
-        d["train"] = max(0.0, d["train"] - d["warmup"])  # the warm-up ran inside the first epoch's loop
-        return {k: round(v, 4) for k, v in d.items()}
+        return {k: round(v, 4) for k, v in self.seconds.items()}
 
 
 def mark_end() -> None:
