@@ -196,7 +196,7 @@ def _grid_once(a: argparse.Namespace, sweep: Path, launcher: str) -> tuple[dict[
         fixed.append(f"trainer.limit_batches={a.limit_batches}")
     processes = a.jobs if launcher == "joblib" else 1
     fixed += {"joblib": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={a.jobs}"],
-              "packed": ["hydra/launcher=packed"], "basic": []}[launcher]
+              "packed": ["hydra/launcher=packed", f"hydra.launcher.step={a.packed_step}"], "basic": []}[launcher]
     sweeps = []
     t0 = time.perf_counter()
     for combo in itertools.product(*apart):
@@ -220,6 +220,11 @@ def _grid_once(a: argparse.Namespace, sweep: Path, launcher: str) -> tuple[dict[
     n = 1
     for axis in a.grid_axes:
         n *= len(axis.split("=", 1)[1].split(","))
+    if launcher == "packed":  # which step auto chose, as the launcher chooses it
+        import torch
+
+        cuda = a.device.startswith("cuda") or (a.device == "auto" and torch.cuda.is_available())
+        launcher = f"packed ({a.packed_step if a.packed_step != 'auto' else 'batched' if cuda else 'interleaved'})"
     row = dict(launcher=launcher, runs=n, completed=len(done), processes=processes, epochs=a.grid_epochs,
                wall_seconds=wall, seconds_per_run=wall / n, images=images, images_per_second=images / wall,
                # while training: the runs' training seconds, spread over the processes that train at once
@@ -253,6 +258,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--launcher", choices=("packed", "joblib", "basic"), default=None,
                     help="--grid's launcher (default: joblib, or basic with --jobs 1); packed: packed groups, "
                          "then the default on the same grid, side by side")
+    ap.add_argument("--packed-step", choices=("auto", "batched", "interleaved"), default="auto",
+                    help="the packed launcher's hydra.launcher.step (auto: batched on CUDA, interleaved on CPU)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (CI on CPU); the numbers mean nothing")
     ap.add_argument("--out", type=Path, default=None, help="write each table as CSV into this directory")
     a = ap.parse_args(argv)

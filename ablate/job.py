@@ -14,6 +14,7 @@ re-raises at once).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import traceback
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import rundir, runlock
 from .identity import PRESET_GROUPS, RUN_GROUPS, config_hash
@@ -79,11 +80,18 @@ class _Claimed:
                         "config": OmegaConf.to_container(job.cfg, resolve=True), "config_hash": self.hash,
                         "run_dir": str(self.run_dir), **runlock.owner()}
 
-    def start(self) -> None:
+    def start(self, bar: bool = True) -> None:
+        """Write the job's record and start its observers (``bar=False``: progress as lines, for runs trained
+        together, whose bars would overwrite each other)."""
         from .loggers import for_run  # torch: only once there is a run to train
 
         rundir.write_record(self.run_dir, self.job.record)
-        self.observer = for_run(self.job.cfg, self.multirun)  # progress, and the trackers cfg.logger names
+        cfg = self.job.cfg
+        if not bar and str(OmegaConf.select(cfg, "logger.progress", default="auto")) in ("auto", "bar"):
+            cfg = copy.deepcopy(cfg)
+            with open_dict(cfg):
+                cfg.logger.progress = "lines"
+        self.observer = for_run(cfg, self.multirun)  # progress, and the trackers cfg.logger names
 
     def fail(self, e: Exception) -> tuple[dict, Exception]:
         if self.job.cfg.trainer.get("fail_fast"):
@@ -118,9 +126,10 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict[
         return summary, error
 
 
-def run_group(jobs: Sequence[Job], multirun: bool = False, max_group: int = 16,
-              memory_fraction: float = 0.8) -> list[tuple[Optional[dict], Optional[Exception]]]:
-    """Train (or skip, or resume) the runs of ``jobs`` packed (:func:`ablate.packed.fit_group`); for each, its
+def run_group(jobs: Sequence[Job], multirun: bool = False, max_group: int = 16, memory_fraction: float = 0.8,
+              step: str = "auto") -> list[tuple[Optional[dict], Optional[Exception]]]:
+    """Train (or skip, or resume) the runs of ``jobs`` packed (:func:`ablate.packed.fit_group`, which the knobs
+    are for); for each, its
     summary and the error that failed it, if one did. A run another live process writes is
     ``(None, RunLocked)``; one already finished is skipped, as :func:`run_job` skips it."""
     results: list[tuple[Optional[dict], Optional[Exception]]] = [(None, None)] * len(jobs)
@@ -137,7 +146,7 @@ def run_group(jobs: Sequence[Job], multirun: bool = False, max_group: int = 16,
                 results[i] = (c.done, None)
                 continue
             try:
-                c.start()
+                c.start(bar=False)
                 training[i] = c
             except Exception as e:
                 results[i] = c.fail(e)
@@ -150,7 +159,7 @@ def run_group(jobs: Sequence[Job], multirun: bool = False, max_group: int = 16,
         outcomes: list[Any] = []
         try:
             outcomes = fit_group([Member(c.job.cfg, c.run_dir, c.hash, c.summary, c.observer)
-                                  for c in training.values()], max_group, memory_fraction)
+                                  for c in training.values()], max_group, memory_fraction, step)
             for (i, c), out in zip(training.items(), outcomes):
                 results[i] = c.fail(out) if isinstance(out, Exception) else (out, None)
         finally:

@@ -4,9 +4,9 @@
 
 The jobs are composed as Hydra's basic launcher composes them, then grouped
 (:mod:`ablate.packing`): each group trains in this process as one batched model
-(:mod:`ablate.packed`, at most ``hydra.launcher.max_group`` runs at once; on CUDA
-also as many as a probe step says fit in ``hydra.launcher.memory_fraction`` of the
-free memory). A job that cannot be packed runs as the basic launcher runs it, with
+(:mod:`ablate.packed`, at most ``hydra.launcher.max_group`` runs at once; batched on
+CUDA also as many as a probe step says fit in ``hydra.launcher.memory_fraction`` of
+the free memory; ``hydra.launcher.step`` chooses batched or interleaved steps). A job that cannot be packed runs as the basic launcher runs it, with
 one log line saying why; a run already finished with its config runs that way too
 (and is skipped there). Every run still goes through :mod:`ablate.job`: it claims
 its directory (lock held), skips a finished run, resumes a checkpoint, records a
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from .config import positive, require, typed
+from .config import ConfigError, one_of, positive, require, typed
 
 if TYPE_CHECKING:  # imported when a sweep launches: Hydra imports this module in every app's plugin scan
     from . import job, packing
@@ -46,12 +46,14 @@ class PackedLauncherConf:
 
     _target_: str = "hydra_plugins.ablate_packed_launcher.packed_launcher.PackedLauncher"
     max_group: int = 16  # most runs trained as one group (the only bound on the CPU)
-    memory_fraction: float = 0.8  # CUDA: share of the free GPU memory a group may fill (measured by a probe step)
+    memory_fraction: float = 0.8  # batched on CUDA: share of the free GPU memory a group may fill (probe step)
+    step: str = "auto"  # batched (one vmapped model), interleaved (each run's model in turn), auto: batched on CUDA
 
     def __post_init__(self) -> None:
         positive("hydra.launcher", self, "max_group")
         require(0 < self.memory_fraction <= 1, "hydra.launcher.memory_fraction", self.memory_fraction,
                 "must be in (0, 1]")
+        one_of("hydra.launcher.step", self.step, ("auto", "batched", "interleaved"))
 
 
 def launch(hydra_context: Any, task_function: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]],
@@ -62,8 +64,10 @@ def launch(hydra_context: Any, task_function: Any, config: DictConfig, job_overr
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    knobs = typed({k: v for k, v in OmegaConf.to_container(config.hydra.launcher, resolve=True).items()},
-                  PackedLauncherConf)
+    try:
+        knobs = typed(OmegaConf.to_container(config.hydra.launcher, resolve=True), PackedLauncherConf)
+    except ConfigError as e:  # before any job starts: one line, exit 1
+        raise SystemExit(f"ablate: {e}") from None
     jobs = []
     for idx, overrides in enumerate(job_overrides, initial_job_idx):
         sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
@@ -153,7 +157,7 @@ def _run_group(hydra_context: Any, task_function: Any, jobs: list[DictConfig],
                             job.hydra_record(task, OmegaConf.masked_copy(sweep_config, "hydra"))))
     with _group_logs([r.run_dir for r in runs], str(jobs[0].hydra.job.name)):
         outcomes = job.run_group(runs, multirun=True, max_group=knobs.max_group,
-                                 memory_fraction=knobs.memory_fraction)
+                                 memory_fraction=knobs.memory_fraction, step=knobs.step)
         values = [_score(r, task, *out) for r, task, out in zip(runs, tasks, outcomes)]
     returns = []
     for sweep_config, task, value in zip(jobs, tasks, values):

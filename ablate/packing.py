@@ -67,7 +67,7 @@ def _model(cfg: DictConfig) -> Any:
 def _unbatchable_layers(cfg: DictConfig) -> Optional[str]:
     from torch import nn
 
-    from .packed import DROPOUTS
+    from .batched import DROPOUTS
 
     odd = {type(m).__name__ for m in _model(cfg).modules()
            if isinstance(m, (nn.modules.dropout._DropoutNd, nn.RReLU)) and not isinstance(m, DROPOUTS)}
@@ -77,7 +77,7 @@ def _unbatchable_layers(cfg: DictConfig) -> Optional[str]:
 def structure(cfg: DictConfig) -> str:
     """The architecture as a packed step sees it: every layer's name, type and settings (a dropout layer's
     rate left out) and every parameter's and buffer's shape."""
-    from .packed import DROPOUTS
+    from .batched import DROPOUTS
 
     model = _model(cfg)
     layers = [(n, type(m).__name__, "" if isinstance(m, DROPOUTS) else m.extra_repr()) for n, m in model.named_modules()]

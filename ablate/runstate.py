@@ -170,10 +170,10 @@ class RunState:
         return Trained(n, seen, loss, correct.item() / max(seen, 1), losses[:n].tolist(), _host(lrs))
 
     def end_epoch(self, epoch: int, lr: float, tr: Trained, train_seconds: float, diverged: Optional[str],
-                  graphed: bool = False, share: int = 1) -> bool:
+                  step_mode: str = "eager", share: int = 1) -> bool:
         """Evaluate, step the epoch scheduler, keep the best, write the rows, the summary and the checkpoint.
-        ``train_seconds`` is the loop's (``share`` runs trained in it together). True when the run stops
-        here (diverged)."""
+        ``train_seconds`` is the loop's (``share`` runs trained in it together); ``step_mode`` how its steps
+        ran, for the summary. True when the run stops here (diverged)."""
         t = self.t
         self.phases.add("train", train_seconds / share)
         t0 = time.perf_counter()
@@ -202,7 +202,7 @@ class RunState:
         self.rows.append(row)
         self.observer.on_epoch_end(row, step_rows)
         self.summary.update(_results(self.rows, self.select), seconds=self.seconds, heartbeat=runlock.now(),
-                            step_mode="cuda_graph" if graphed else "eager")
+                            step_mode=step_mode)
         if diverged:
             self.summary.update(status="diverged", error=diverged)
             self.write_summary()

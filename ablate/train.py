@@ -99,8 +99,8 @@ def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dic
                 raise
             diverged = f"float overflow in epoch {epoch} ({str(e).splitlines()[0]})"
         trained = run.trained(losses, correct, lrs)  # the epoch's one read of the device
-        graph_ran = run.graphed and not step_fn.eager
-        if run.end_epoch(epoch, lr, trained, time.perf_counter() - t0, diverged, graph_ran):
+        mode = "cuda_graph" if run.graphed and not step_fn.eager else "eager"
+        if run.end_epoch(epoch, lr, trained, time.perf_counter() - t0, diverged, mode):
             return run.summary  # diverged: recorded, stopped
     summary = run.finish()
     release(device)

@@ -11,6 +11,7 @@ grouping rule is checked on composed configs; the launcher end to end in the slo
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -18,7 +19,8 @@ import torch
 from torch import nn
 
 from ablate import rundir
-from ablate.packed import Member, draw_mask, fit_group
+from ablate.batched import draw_mask
+from ablate.packed import Member, fit_group
 from ablate.packing import plan
 from ablate.phases import PHASES
 from ablate.train import fit
@@ -72,11 +74,11 @@ def test_a_packed_group_equals_its_runs_trained_apart(cfg_factory, tmp_path, mod
     cfgs = {arm: cfg_factory(*BASE, f"model={model}", *extra, *MODELS[model]) for arm, extra in ARMS.items()}
     for arm, cfg in cfgs.items():
         fit(cfg, tmp_path / f"apart-{arm}", "h")
-    results = fit_group([Member(cfg, tmp_path / f"packed-{arm}", "h") for arm, cfg in cfgs.items()])
+    results = fit_group([Member(cfg, tmp_path / f"packed-{arm}", "h") for arm, cfg in cfgs.items()], step="batched")
     for arm, r in zip(cfgs, results):
         apart, packed = tmp_path / f"apart-{arm}", tmp_path / f"packed-{arm}"
         assert not isinstance(r, Exception), r
-        assert r["status"] == "completed" and r["packed"] == 3 and r["epochs_done"] == 2
+        assert (r["status"], r["packed"], r["epochs_done"], r["step_mode"]) == ("completed", 3, 2, "batched")
         _assert_close(packed, apart)
         s = json.loads((apart / rundir.SUMMARY_JSON).read_text())
         assert (r["best_epoch"], r["params"], r["mult_adds"]) == (s["best_epoch"], s["params"], s["mult_adds"])
@@ -91,12 +93,32 @@ def test_a_packed_group_equals_its_runs_trained_apart(cfg_factory, tmp_path, mod
     assert not per_step["loss"].equals(pd.read_csv(tmp_path / "packed-per-epoch" / rundir.STEPS_CSV)["loss"])
 
 
-def test_a_killed_group_resumes_each_run_with_either_trainer(cfg_factory, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["simple_cnn", "cnn3"])
+def test_an_interleaved_group_equals_its_runs_trained_apart_bit_for_bit(cfg_factory, tmp_path, model):
+    """The CPU's default step: each run's own model in turn, its dropout drawn by its own layers on its stream."""
+    cfgs = {arm: cfg_factory(*BASE, f"model={model}", *extra) for arm, extra in ARMS.items()}  # cnn3 with Adam too
+    for arm, cfg in cfgs.items():
+        fit(cfg, tmp_path / f"apart-{arm}", "h")
+    results = fit_group([Member(c, tmp_path / f"packed-{arm}", "h") for arm, c in cfgs.items()], step="interleaved")
+    for arm, r in zip(cfgs, results):
+        assert (r["status"], r["packed"], r["step_mode"]) == ("completed", 3, "interleaved")
+        for name in (rundir.EPOCHS_CSV, rundir.STEPS_CSV):
+            pd.testing.assert_frame_equal(_frame(tmp_path / f"packed-{arm}", name),
+                                          _frame(tmp_path / f"apart-{arm}", name), check_exact=True)
+        a, b = (torch.load(tmp_path / f"{w}-{arm}" / rundir.CHECKPOINT, weights_only=True) for w in ("packed", "apart"))
+        for part in ("model", "best_model"):
+            for k in a[part]:
+                assert torch.equal(a[part][k], b[part][k]), (arm, part, k)
+        assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])  # its stream, where its own process leaves it
+
+
+@pytest.mark.parametrize("step", ["batched", "interleaved"])
+def test_a_killed_group_resumes_each_run_with_either_trainer(cfg_factory, tmp_path, monkeypatch, step):
     """Killed while checkpointing run b's epoch 2 (run a's already written): relaunched packed, a joins at
     epoch 3 and b at epoch 2; relaunched apart, b resumes on its own. Both end where an uninterrupted group does."""
     cfgs = {n: cfg_factory(*BASE, "model=simple_cnn", "trainer.epochs=3", f"trainer.seed={s}")
             for n, s in (("a", 0), ("b", 1))}
-    whole = fit_group([Member(c, tmp_path / f"whole-{n}", "h") for n, c in cfgs.items()])
+    whole = fit_group([Member(c, tmp_path / f"whole-{n}", "h") for n, c in cfgs.items()], step=step)
     real = rundir.save_checkpoint
 
     def killed(run_dir, state):
@@ -107,10 +129,10 @@ def test_a_killed_group_resumes_each_run_with_either_trainer(cfg_factory, tmp_pa
     for attempt in ("packed", "apart"):
         monkeypatch.setattr(rundir, "save_checkpoint", killed)
         with pytest.raises(KeyboardInterrupt):
-            fit_group([Member(c, tmp_path / f"{attempt}-{n}", "h") for n, c in cfgs.items()])
+            fit_group([Member(c, tmp_path / f"{attempt}-{n}", "h") for n, c in cfgs.items()], step=step)
         monkeypatch.undo()
         assert [torch.load(tmp_path / f"{attempt}-{n}" / rundir.CHECKPOINT)["epoch"] for n in "ab"] == [2, 1]
-    resumed = fit_group([Member(c, tmp_path / f"packed-{n}", "h") for n, c in cfgs.items()])
+    resumed = fit_group([Member(c, tmp_path / f"packed-{n}", "h") for n, c in cfgs.items()], step=step)
     assert [r["status"] for r in resumed] == ["completed"] * 2 and resumed[1]["packed"] == 2
     fit(cfgs["a"], tmp_path / "apart-a", "h")
     fit(cfgs["b"], tmp_path / "apart-b", "h")
@@ -123,11 +145,12 @@ def test_a_killed_group_resumes_each_run_with_either_trainer(cfg_factory, tmp_pa
     assert [w["status"] for w in whole] == ["completed"] * 2
 
 
-def test_a_diverging_run_stops_alone_and_the_others_train_on(cfg_factory, tmp_path):
+@pytest.mark.parametrize("step", ["batched", "interleaved"])
+def test_a_diverging_run_stops_alone_and_the_others_train_on(cfg_factory, tmp_path, step):
     cfgs = [cfg_factory(*BASE, "model=lenet", "optimizer=sgd", "optimizer.lr=1e38", "trainer.log_every=1"),
             cfg_factory(*BASE, "model=lenet", "trainer.seed=1"),
             cfg_factory(*BASE, "model=lenet", "optimizer=adam", "optimizer.lr=1e38", "trainer.seed=2")]
-    results = fit_group([Member(c, tmp_path / f"packed{i}", "h") for i, c in enumerate(cfgs)])
+    results = fit_group([Member(c, tmp_path / f"packed{i}", "h") for i, c in enumerate(cfgs)], step=step)
     apart = [fit(c, tmp_path / f"apart{i}", "h") for i, c in enumerate(cfgs)]
     assert [r["status"] for r in results] == [a["status"] for a in apart] == ["diverged", "completed", "diverged"]
     assert [r["error"] for r in results] == [a["error"] for a in apart]
@@ -172,3 +195,96 @@ def test_jobs_group_by_data_architecture_and_batch_shape(cfg_factory):
     assert p.alone[5].startswith("trainer.pipeline=dataloader")
     assert p.alone[6].startswith("its config is refused (optimizer.lr=-1")
     assert p.split.startswith("model.name (lenet, simple_cnn)") and "trainer.batch_size" in p.split
+
+
+def test_a_group_larger_than_max_group_trains_in_turns(cfg_factory, tmp_path):
+    cfgs = [cfg_factory(*BASE, "model=lenet", "trainer.epochs=1", f"trainer.seed={s}") for s in range(3)]
+    results = fit_group([Member(c, tmp_path / f"run{i}", "h") for i, c in enumerate(cfgs)], max_group=2)
+    assert [(r["status"], r["packed"]) for r in results] == [("completed", 2), ("completed", 2), ("completed", 1)]
+
+
+# ----------------------------------------------------------------------------- the launcher, end to end
+def _close_to_reference(sweep, reference):
+    """What tests/test_faults.py checks of a resumed sweep, to rounding: every run completed once, epochs and
+    steps each once, the numbers and weights of the uninterrupted separate sweep."""
+    from test_faults import EPOCHS, STEPS, _runs, _seed
+
+    runs = _runs(sweep)
+    assert sorted(map(_seed, runs)) == sorted(map(_seed, reference))
+    for name, run in runs.items():
+        s = rundir.read_json(run / rundir.SUMMARY_JSON)
+        assert s["status"] == "completed" and s["epochs_done"] == EPOCHS, (name, s.get("error"))
+        assert pd.read_csv(run / rundir.EPOCHS_CSV).epoch.tolist() == list(range(1, EPOCHS + 1))
+        assert pd.read_csv(run / rundir.STEPS_CSV).step.tolist() == list(range(1, EPOCHS * STEPS + 1))
+        _assert_close(run, reference[name])
+        assert s["best_epoch"] == rundir.read_json(reference[name] / rundir.SUMMARY_JSON)["best_epoch"]
+        for weights in (rundir.MODEL, rundir.BEST):
+            a, b = (torch.load(d / weights, weights_only=True) for d in (run, reference[name]))
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)
+        assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in reference[name].iterdir())
+        assert not list(run.glob(".*.tmp")) and "resuming" in (run / "run.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_killed_twice_resumes_packed_then_apart(tmp_path):
+    """SIGKILLed in its first launch and in its relaunch (packed both times), finished by the basic launcher:
+    each run is whole, and equals the same sweep run apart and never killed."""
+    from conftest import run_cli
+    from test_faults import NO_REPORT, SEEDS, _args, _kill, _n_rows, _ok, _popen, _runs
+
+    _ok(run_cli(_args(tmp_path / "reference", *SEEDS, NO_REPORT), cwd=tmp_path))
+    reference = _runs(tmp_path / "reference")
+    sweep, kills = tmp_path / "sweep", 0
+    for rows in (3, 7):  # of 12 epoch rows in all
+        proc = _popen(_args(sweep, *SEEDS, "hydra/launcher=packed", NO_REPORT), tmp_path)
+        try:
+            while _n_rows(sweep) < rows and proc.poll() is None:
+                time.sleep(0.01)
+            kills += proc.poll() is None
+        finally:
+            _kill(proc)
+        assert {rundir.read_json(r / rundir.SUMMARY_JSON)["status"] for r in _runs(sweep).values()} <= {
+            "running", "completed"}
+    assert kills >= 1, "the packed sweep ended before any kill"
+    out = _ok(run_cli(_args(sweep, *SEEDS), cwd=tmp_path))
+    assert "Report:" in out
+    _close_to_reference(sweep, reference)
+    rows = pd.read_csv(sweep / "report" / "summary.csv")
+    assert len(rows) == 2 and set(rows["status"]) == {"completed"}
+
+
+@pytest.mark.slow
+def test_the_launcher_splits_by_architecture_and_says_why_a_job_trains_alone(tmp_path):
+    from conftest import run_cli
+    from test_faults import _ok
+
+    tiny = ["trainer.epochs=1", "trainer.limit_batches=2", "trainer.batch_size=32", "trainer.limit_eval_batches=1",
+            "hydra/launcher=packed", f"data.root={tmp_path / 'data'}"]
+    sweep = tmp_path / "models"
+    out = _ok(run_cli(["-m", "model=lenet,tinynet", "trainer.seed=0,1", *tiny, f"hydra.sweep.dir={sweep}"],
+                      cwd=tmp_path))
+    assert "packed: jobs differ in model.name (lenet, tinynet): they train in separate groups" in out
+    assert "packed: group 1/2: jobs #0, #1 train as one model" in out
+    assert "packed: group 2/2: jobs #2, #3 train as one model" in out
+    runs = {d.name: d for d in sweep.iterdir() if (d / rundir.SUMMARY_JSON).exists()}
+    assert len(runs) == 4
+    for name, run in runs.items():
+        s = rundir.read_json(run / rundir.SUMMARY_JSON)
+        assert s["status"] == "completed" and s["packed"] == 2 and s["choices"]["model"] in name
+        assert sorted(p.name for p in (run / rundir.HYDRA_DIR).iterdir()) == sorted(rundir.RECORD_FILES)
+        log = (run / "run.log").read_text()
+        assert f"[{name}][INFO] - epoch 1/1" in log  # its own epoch line, named, and no other run's
+        assert sum(f"[{other}][INFO] - epoch" in log for other in runs) == 1
+    report = pd.read_csv(sweep / "report" / "summary.csv")
+    assert len(report) == 4 and set(report["status"]) == {"completed"}
+
+    alone = tmp_path / "alone"
+    out = _ok(run_cli(["-m", "model=lenet", "trainer.seed=0,1", "trainer.pipeline=dataloader", "trainer.num_workers=0",
+                       *tiny, f"hydra.sweep.dir={alone}", "~hydra.callbacks.report"], cwd=tmp_path))
+    assert out.count("trains on its own: trainer.pipeline=dataloader: its batches come from DataLoader") == 2
+    assert "packed: group" not in out
+    assert [rundir.read_json(p)["status"] for p in sorted(alone.glob("*/summary.json"))] == ["completed"] * 2
+    out = _ok(run_cli(["-m", "model=lenet,tinynet", "trainer.seed=0,1", *tiny, f"hydra.sweep.dir={sweep}",
+                       "dry_run=true"], cwd=tmp_path))
+    assert out.count("(already completed: would skip)") == 4
