@@ -72,13 +72,17 @@ class _Claimed:
         self.run_dir, prev, self.lock = rundir.claim(Path(job.run_dir), self.hash)
         self.observer: Any = None
         self.done: Optional[dict] = None
-        rundir.remove_stale_temps(self.run_dir)
-        if prev is not None and prev.get("status") in ("completed", "diverged"):
-            log.info("%s: already %s with this config; skipping", self.run_dir.name, prev["status"])
-            self.done = dict(prev, run_dir=str(self.run_dir))
-        self.summary = {"status": "running", "overrides": list(job.overrides), "choices": dict(job.choices),
-                        "config": OmegaConf.to_container(job.cfg, resolve=True), "config_hash": self.hash,
-                        "run_dir": str(self.run_dir), **runlock.owner()}
+        try:
+            rundir.remove_stale_temps(self.run_dir)
+            if prev is not None and prev.get("status") in ("completed", "diverged"):
+                log.info("%s: already %s with this config; skipping", self.run_dir.name, prev["status"])
+                self.done = dict(prev, run_dir=str(self.run_dir))
+            self.summary = {"status": "running", "overrides": list(job.overrides), "choices": dict(job.choices),
+                            "config": OmegaConf.to_container(job.cfg, resolve=True), "config_hash": self.hash,
+                            "run_dir": str(self.run_dir), **runlock.owner()}
+        except BaseException:  # the caller never gets the lock to release
+            self.lock.release()
+            raise
 
     def start(self, bar: bool = True) -> None:
         """Write the job's record and start its observers (``bar=False``: progress as lines, for runs trained
