@@ -288,3 +288,29 @@ def test_the_launcher_splits_by_architecture_and_says_why_a_job_trains_alone(tmp
     out = _ok(run_cli(["-m", "model=lenet,tinynet", "trainer.seed=0,1", *tiny, f"hydra.sweep.dir={sweep}",
                        "dry_run=true"], cwd=tmp_path))
     assert out.count("(already completed: would skip)") == 4
+
+
+@pytest.mark.slow
+def test_the_bench_sweeps_one_grid_packed_and_apart_side_by_side(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    p = subprocess.run([sys.executable, "-m", "ablate.bench", "--launcher", "packed", "--no-pipelines", "--device", "cpu",
+                        "--dataset", "fashion_mnist_mini", "--grid-axes", "trainer.seed=0,1", "--grid-epochs", "1",
+                        "--limit-batches", "2", "--batch-size", "64", "--jobs", "1", "--out", str(tmp_path),
+                        "model=lenet"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "CPU cores, load average" in p.stdout  # the machine beside its numbers
+    grid = pd.read_csv(tmp_path / "grid.csv")
+    assert list(grid.launcher) == ["packed (interleaved)", "basic"]
+    assert list(grid.completed) == [2, 2] and list(grid.images) == [2 * 2 * 64] * 2 and grid.report.all()
+    assert grid.vs_basic.iloc[1] == 1.0 and grid.vs_basic.iloc[0] > 0
+    phases = pd.read_csv(tmp_path / "phases.csv")
+    assert list(phases.phase) == list(PHASES)
+    for launcher in ("packed", "basic"):
+        assert (phases[f"{launcher}_seconds"] >= 0).all() and phases[f"{launcher}_share"].sum() == pytest.approx(1.0)
+        assert phases.set_index("phase").loc["train", f"{launcher}_seconds"] > 0
