@@ -50,6 +50,7 @@ from .batched import PackedModel, capacity
 from .data import TensorData, load_dataset
 from .device import release, resolve_device, rng_state, set_rng_state
 from .events import Observer
+from .packing import group_key
 from .runstate import RunState, overflow
 
 log = logging.getLogger("ablate")
@@ -131,15 +132,20 @@ def fit_group(members: list[Member], max_group: int = 16, memory_fraction: float
     convolution is 2-4x slower than the runs' convolutions one by one). Returns each member's summary, or the
     exception that failed it (the caller records it); one member's bad config or divergence never stops the
     others."""
+    _check_one_group(members)
     threads = torch.get_num_threads()
     start = phases.since_last_run()
     results: list[Any] = [None] * len(members)
     try:
         t0 = time.perf_counter()
         cfg = members[0].cfg
-        data = load_dataset(cfg.dataset, cfg.data)
-        device = resolve_device(cfg.trainer.device)
-        data = _on_device(data, device)
+        try:  # what the group shares: a damaged data file fails each of its runs, as it fails a separate run
+            device = resolve_device(cfg.trainer.device)
+            data = _on_device(load_dataset(cfg.dataset, cfg.data), device)
+        except Exception as e:  # noqa: BLE001
+            if cfg.trainer.get("fail_fast"):
+                raise
+            return [e] * len(members)
         shared = (time.perf_counter() - t0) / len(members)
         batched = step == "batched" or (step == "auto" and device.type == "cuda")
         t0 = time.perf_counter()
@@ -166,6 +172,20 @@ def fit_group(members: list[Member], max_group: int = 16, memory_fraction: float
         torch.set_num_threads(threads)
         phases.mark_end()
     return results
+
+
+def _check_one_group(members: list[Member]) -> None:
+    """Members share one data set and one step: refuse any that :func:`ablate.packing.group_key` tells apart
+    (a config whose key cannot be computed fails in its own run, later)."""
+    keys = set()
+    for m in members:
+        try:
+            keys.add(group_key(m.cfg))
+        except Exception:  # noqa: BLE001
+            continue
+    if len(keys) > 1:
+        raise ValueError("fit_group: the runs differ in data set, architecture or batch shape; group them with "
+                         "ablate.packing.plan (hydra/launcher=packed does)")
 
 
 def _build(m: Member, data: TensorData, ph: phases.Phases, shared_data: float, probe: float) -> _Run | Exception:

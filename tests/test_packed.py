@@ -314,3 +314,21 @@ def test_the_bench_sweeps_one_grid_packed_and_apart_side_by_side(tmp_path):
     for launcher in ("packed", "basic"):
         assert (phases[f"{launcher}_seconds"] >= 0).all() and phases[f"{launcher}_share"].sum() == pytest.approx(1.0)
         assert phases.set_index("phase").loc["train", f"{launcher}_seconds"] > 0
+
+
+def test_a_damaged_data_file_fails_every_run_of_the_group(cfg_factory, tmp_path, monkeypatch):
+    from ablate import data as D
+
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes((D.EMBEDDED.read_bytes())[:1000])  # truncated: found only when the group loads it
+    monkeypatch.setattr(D, "EMBEDDED", bad)
+    cfgs = [cfg_factory(*BASE, "model=lenet", f"trainer.seed={s}") for s in (0, 1)]
+    results = fit_group([Member(c, tmp_path / f"run{i}", "h") for i, c in enumerate(cfgs)])
+    assert [type(r).__name__ for r in results] == ["DataError"] * 2 and "damaged" in str(results[0])
+
+
+def test_runs_of_different_architectures_are_refused_as_one_group(cfg_factory, tmp_path):
+    cfgs = [cfg_factory(*BASE, "model=lenet"), cfg_factory(*BASE, "model=tinynet")]
+    with pytest.raises(ValueError, match="differ in data set, architecture or batch shape"):
+        fit_group([Member(c, tmp_path / f"run{i}", "h") for i, c in enumerate(cfgs)])
+    assert not list(tmp_path.iterdir())  # refused before anything was written
