@@ -10,7 +10,10 @@ Three measurements, each printed as a table (and written as CSV with ``--out``):
   device (eager; ``--cuda-graph-concurrent`` for graphed); their summed images/s (each process's median over its steady epochs).
 - ``--grid``: a whole sweep through ``python -m ablate.run -m`` and the joblib
   launcher, with the trainer's defaults, timed end to end from the command's start to its exit (process
-  start-up, data loading, evaluation, checkpoints and the report included).
+  start-up, data loading, evaluation, checkpoints and the report included), and where its runs' time
+  went (the phases each ``summary.json`` records, summed over runs). ``--launcher packed`` sweeps the
+  same grid with the packed launcher (runs of one architecture trained as one batched model) and
+  then with the default, side by side.
 
 Images/s counts training images only (the trainer's own ``images_per_second``,
 the time of the training loop, with the device synchronised at the epoch's
@@ -40,6 +43,7 @@ from . import rundir
 from .compose import compose
 from .config import ConfigError
 from .identity import is_identity_key
+from .phases import PHASES
 
 GRID = ("scheduler=step,cosine,plateau", "model=lenet,simple_cnn,cnn3", "trainer.seed=0,1,2")
 SMOKE = dict(dataset="fashion_mnist_mini", model="lenet", epochs=2, limit_batches=8, loader_batch_size=64,
@@ -155,12 +159,34 @@ def concurrent(a: argparse.Namespace, work: Path) -> pd.DataFrame:
     return df
 
 
-def grid(a: argparse.Namespace, work: Path) -> pd.DataFrame:
-    """A whole sweep through the real entry point and the joblib launcher, timed from outside.
+def grid(a: argparse.Namespace, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The grid swept end to end by each launcher in turn (``--launcher packed``: packed, then the baseline,
+    joblib with ``--jobs`` or basic with one), into one sweep directory each; the table of sweeps (with the
+    baseline's wall time over each one's) and where their runs' time went (:mod:`ablate.phases`, summed
+    over runs)."""
+    baseline = "joblib" if a.jobs > 1 else "basic"
+    launchers = ["packed", baseline] if a.launcher == "packed" else [a.launcher or baseline]
+    root = a.sweep_dir or work / "grid"
+    rows, spent = [], {}
+    for launcher in launchers:
+        row, spent[launcher] = _grid_once(a, root / launcher if len(launchers) > 1 else root, launcher)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df[f"vs_{launchers[-1]}"] = df["wall_seconds"].iloc[-1] / df["wall_seconds"]
+    phase_rows = []
+    for ph in PHASES:
+        r: dict[str, Any] = {"phase": ph}
+        for launcher, sec in spent.items():
+            total = sum(sec.values()) or 1.0
+            r[f"{launcher}_seconds"], r[f"{launcher}_share"] = sec[ph], sec[ph] / total
+        phase_rows.append(r)
+    return df, pd.DataFrame(phase_rows)
 
-    Axes over how runs execute (``trainer.cuda_graph=false,true``: not part of a run's identity, so one
-    sweep cannot hold both) run as one sweep per value, in sub-directories, merged into one report."""
-    sweep = a.sweep_dir or work / "grid"
+
+def _grid_once(a: argparse.Namespace, sweep: Path, launcher: str) -> tuple[dict[str, Any], dict[str, float]]:
+    """One launcher's sweep of the grid, timed from outside. Axes over how runs execute
+    (``trainer.cuda_graph=false,true``: not part of a run's identity, so one sweep cannot hold both) run as one
+    sweep per value, in sub-directories, merged into one report."""
     same = [ax for ax in a.grid_axes if is_identity_key(ax.split("=", 1)[0])]
     apart = [[f"{ax.split('=', 1)[0]}={v}" for v in ax.split("=", 1)[1].split(",")]
              for ax in a.grid_axes if not is_identity_key(ax.split("=", 1)[0])]
@@ -168,8 +194,9 @@ def grid(a: argparse.Namespace, work: Path) -> pd.DataFrame:
              f"trainer.device={a.device}", *a.overrides]
     if a.limit_batches:
         fixed.append(f"trainer.limit_batches={a.limit_batches}")
-    if a.jobs > 1:
-        fixed += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={a.jobs}"]
+    processes = a.jobs if launcher == "joblib" else 1
+    fixed += {"joblib": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={a.jobs}"],
+              "packed": ["hydra/launcher=packed", f"hydra.launcher.step={a.packed_step}"], "basic": []}[launcher]
     sweeps = []
     t0 = time.perf_counter()
     for combo in itertools.product(*apart):
@@ -185,14 +212,26 @@ def grid(a: argparse.Namespace, work: Path) -> pd.DataFrame:
 
         make_report(sweeps, sweep / "report")
     wall = time.perf_counter() - t0
-    summaries = [s for d in sweeps for r in rundir.find_runs(d) if (s := rundir.read_summary(r)) is not None]
+    runs = [r for d in sweeps for r in rundir.find_runs(d)]
+    summaries = [s for r in runs if (s := rundir.read_summary(r)) is not None]
     done = [s for s in summaries if s.get("status") == "completed"]
+    images = sum(len(rundir.read_rows(r / rundir.STEPS_CSV)) for r in runs) * a.batch_size  # full batches
+    spent = {ph: sum(float((s.get("phases") or {}).get(ph, 0.0)) for s in summaries) for ph in PHASES}
     n = 1
     for axis in a.grid_axes:
         n *= len(axis.split("=", 1)[1].split(","))
-    return pd.DataFrame([dict(runs=n, completed=len(done), jobs=a.jobs, epochs=a.grid_epochs, wall_seconds=wall,
-                              seconds_per_run=wall / n, report=(sweep / "report" / "index.html").is_file(),
-                              mean_test_acc=statistics.mean(s["final_test_acc"] for s in done) if done else None)])
+    if launcher == "packed":  # which step auto chose, as the launcher chooses it
+        import torch
+
+        cuda = a.device.startswith("cuda") or (a.device == "auto" and torch.cuda.is_available())
+        launcher = f"packed ({a.packed_step if a.packed_step != 'auto' else 'batched' if cuda else 'interleaved'})"
+    row = dict(launcher=launcher, runs=n, completed=len(done), processes=processes, epochs=a.grid_epochs,
+               wall_seconds=wall, seconds_per_run=wall / n, images=images, images_per_second=images / wall,
+               # while training: the runs' training seconds, spread over the processes that train at once
+               training_images_per_second=images / (spent["train"] / processes) if spent["train"] else None,
+               report=(sweep / "report" / "index.html").is_file(),
+               mean_test_acc=statistics.mean(s["final_test_acc"] for s in done) if done else None)
+    return row, spent
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -215,7 +254,12 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--grid-axes", nargs="+", default=list(GRID), metavar="KEY=A,B")
     ap.add_argument("--grid-epochs", type=int, default=15)
     ap.add_argument("--sweep-dir", type=Path, default=None, help="keep the --grid sweep (and its report) here")
-    ap.add_argument("--jobs", type=int, default=4, help="joblib processes for --grid")
+    ap.add_argument("--jobs", type=int, default=4, help="joblib processes for --grid (1: the basic launcher)")
+    ap.add_argument("--launcher", choices=("packed", "joblib", "basic"), default=None,
+                    help="--grid's launcher (default: joblib, or basic with --jobs 1); packed: packed groups, "
+                         "then the default on the same grid, side by side")
+    ap.add_argument("--packed-step", choices=("auto", "batched", "interleaved"), default="auto",
+                    help="the packed launcher's hydra.launcher.step (auto: batched on CUDA, interleaved on CPU)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (CI on CPU); the numbers mean nothing")
     ap.add_argument("--out", type=Path, default=None, help="write each table as CSV into this directory")
     a = ap.parse_args(argv)
@@ -225,6 +269,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         a.concurrent = a.concurrent or SMOKE["concurrent"]
         a.grid, a.grid_axes = True, list(SMOKE["grid"])
         a.batch_size = min(a.batch_size, 128)
+    a.grid = a.grid or a.launcher is not None
     for key in ("batch_size", "loader_batch_size", "epochs", "grid_epochs", "jobs"):
         if getattr(a, key) < 1:
             ap.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(a, key)}")
@@ -236,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--_worker"]:
         return _worker(argv[1:])
     a = parse(argv)
+    load = os.getloadavg()  # the machine's other work, said beside the numbers
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     tables: dict[str, pd.DataFrame] = {}
     from hydra.errors import HydraException
@@ -251,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if a.concurrent:
                 tables["concurrent"] = concurrent(a, work)
             if a.grid:
-                tables["grid"] = grid(a, work)
+                tables["grid"], tables["phases"] = grid(a, work)
     except (ConfigError, DataError, RuntimeError) as e:
         sys.exit(f"ablate.bench: {e}")
     except (HydraException, OmegaConfBaseException) as e:  # an unknown option or key: Hydra's first sentence
@@ -259,8 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() and a.device != "cpu" else "cpu"
-    print(f"\nablate.bench on {dev} (torch {torch.__version__}), model={a.model} dataset={a.dataset}"
-          f"{' (smoke sizes)' if a.smoke else ''}")
+    what = f"model={a.model} " if a.pipelines or a.concurrent else ""  # the grid's model is its axes'
+    print(f"\nablate.bench on {dev} (torch {torch.__version__}), {what}dataset={a.dataset}"
+          f"{' (smoke sizes)' if a.smoke else ''}; {os.cpu_count()} CPU cores, load average "
+          f"{load[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     with pd.option_context("display.width", 160, "display.float_format", "{:,.2f}".format):
         for name, df in tables.items():
             print(f"\n{name}:\n{df.to_string(index=False)}")

@@ -23,6 +23,7 @@ the CUDA calls is exercised on CPU through :class:`EmulatedGraphs`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -115,8 +116,9 @@ class GraphStep:
     optimizer state in place, so the next replay continues from it."""
 
     def __init__(self, body: Body, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 device: torch.device, warmup: int = 3, graphs: Any = None) -> None:
+                 device: torch.device, warmup: int = 3, graphs: Any = None, phases: Any = None) -> None:
         self.body, self.model, self.optimizer, self.device = body, model, optimizer, device
+        self.phases = phases  # an ablate.phases.Phases: the warm-up and capture are charged to "warmup"
         self.n_warmup = warmup
         self.graphs = graphs if graphs is not None else CudaGraphs()
         self.replay: Optional[Callable[[], None]] = None
@@ -136,6 +138,18 @@ class GraphStep:
         return self.out[0], self.out[1]
 
     def _capture(self, idx: Tensor) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._warm_up_and_capture(idx)
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # once: the warm-up's kernels count as warm-up
+            if self.phases is not None:  # it ran inside the epoch loop, whose time is added to train later
+                spent = time.perf_counter() - t0
+                self.phases.add("warmup", spent)
+                self.phases.add("train", -spent)
+
+    def _warm_up_and_capture(self, idx: Tensor) -> None:
         lr_to_tensor(self.optimizer, self.device)
         self.idx = idx.clone()
         try:

@@ -20,13 +20,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from . import rundir, runlock
 from .compose import validate  # importing it registers every group's schema before Hydra composes
-from .job import run_job, score
+from .job import hydra_job, hydra_record, run_job, score
 from .config import CONF_DIR, ConfigError
-from .identity import PRESET_GROUPS, RUN_GROUPS, config_hash
+from .identity import config_hash
 from .data import DataError
 from .progress import print_result
 from .rundir import CheckpointError
@@ -41,8 +41,7 @@ class DryRunRefused(CompactHydraException):
 
 def _job_info() -> tuple[Path, list[str], dict[str, Any], bool]:
     hc = HydraConfig.get()
-    choices = {k: v for k, v in hc.runtime.choices.items() if k in RUN_GROUPS or k in PRESET_GROUPS}
-    return Path(hc.runtime.output_dir), list(hc.overrides.task), choices, hc.mode == RunMode.MULTIRUN
+    return (*hydra_job(hc), hc.mode == RunMode.MULTIRUN)
 
 
 def _dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str], h: str, multirun: bool) -> float:
@@ -71,14 +70,6 @@ def _dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str], h: str, multi
     return 0.0
 
 
-def _record(cfg: DictConfig) -> dict[str, str]:
-    """The job's ``.hydra/`` files, as Hydra writes them (with ``hydra.output_subdir: null`` it does not:
-    it would rewrite a skipped run's record, in place)."""
-    hydra_node = HydraConfig.instance().cfg
-    return {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": OmegaConf.to_yaml(hydra_node),
-            "overrides.yaml": OmegaConf.to_yaml(hydra_node.hydra.overrides.task)}
-
-
 def _spread_over_gpus(cfg: DictConfig) -> None:
     """Multirun job N trains on GPU N mod count when several are visible and trainer.device=auto.
 
@@ -103,7 +94,8 @@ def run(cfg: DictConfig) -> float:
         return _dry_run(cfg, run_dir, overrides, config_hash(cfg), multirun)
     _spread_over_gpus(cfg)
     try:
-        summary, error = run_job(cfg, run_dir, overrides, choices, _record(cfg), multirun)
+        summary, error = run_job(cfg, run_dir, overrides, choices, hydra_record(cfg, HydraConfig.instance().cfg),
+                                 multirun)
     except runlock.RunLocked as e:
         log.warning("%s", e)
         if not multirun:

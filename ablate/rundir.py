@@ -234,8 +234,9 @@ _NUMBER = (int, float)
 SUMMARY_TYPES: dict[str, type | tuple[type, ...]] = {
     **dict.fromkeys(("status", "error", "traceback", "config_hash", "run_dir", "host", "heartbeat", "device",
                      "step_mode", "selection", "scheduler_metric"), str),
-    **dict.fromkeys(("config", "choices"), dict), "overrides": list,
-    **dict.fromkeys(("epochs_planned", "epochs_done", "best_epoch", "seed", "params", "pid", "threads"), int),
+    **dict.fromkeys(("config", "choices", "phases"), dict), "overrides": list,
+    **dict.fromkeys(("epochs_planned", "epochs_done", "best_epoch", "seed", "params", "pid", "threads", "packed"),
+                    int),
     **dict.fromkeys(("final_test_acc", "final_test_loss", "best_test_acc", "final_train_acc", "final_train_loss",
                      "final_val_acc", "final_val_loss", "best_val_acc", "test_acc_at_best", "final_train_eval_acc",
                      "final_train_eval_loss", "images_per_second", "seconds"), _NUMBER),

@@ -100,6 +100,9 @@ def test_the_wheel_holds_the_configs_the_packages_and_the_scripts(wheel):
     assert len(confs) > 50 and confs <= names, sorted(confs - names)[:5]
     packages = {f"ablate/{p.relative_to(ROOT / 'ablate')}" for p in (ROOT / "ablate").rglob("__init__.py")}
     assert packages <= names and "ablate/_data/fashion_mnist_mini.npz" in names
+    # hydra/launcher=packed: Hydra finds launchers only in its hydra_plugins namespace package (no __init__ there)
+    assert "hydra_plugins/ablate_packed_launcher/packed_launcher.py" in names
+    assert "hydra_plugins/__init__.py" not in names
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     for line in ("ablate-run = ablate.run:main", "ablate-report = ablate.cli:report",
@@ -127,6 +130,8 @@ def test_the_installed_wheel_works_from_any_directory(wheel, tmp_path):
     where = run(str(venv / "bin" / "python"), "-c", "import ablate, ablate.config as c; print(ablate.__file__, c.CONF_DIR)")
     assert where.split()[0].startswith(str(venv)) and where.split()[1] == str(Path(where.split()[0]).parent / "conf")
     assert "scheduler:\n  name: cosine" in run(str(venv / "bin" / "ablate-run"), "--cfg", "job")
+    assert "ablate_packed_launcher.packed_launcher.PackedLauncher" in run(
+        str(venv / "bin" / "ablate-run"), "hydra/launcher=packed", "--cfg", "hydra")
     out = run(str(venv / "bin" / "ablate-run"), "trainer.epochs=1", "trainer.limit_batches=2", "model=lenet",
               "trainer.limit_eval_batches=1", f"data.root={tmp_path / 'data'}")
     (run_dir,) = (elsewhere / "outputs" / "runs").glob("*/*")

@@ -1,0 +1,1 @@
+"""ablate's packed launcher, where Hydra looks for launchers (the ``hydra_plugins`` namespace package)."""
