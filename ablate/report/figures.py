@@ -21,8 +21,7 @@ import pandas as pd
 
 from ..stats import t_interval
 from .analysis import Report, sort_levels
-from .runs import model_size
-from .runs import Run
+from .runs import Run, model_size
 from .verdicts import Verdict
 
 MAX_LINES = 10  # arms drawn per panel (the best by mean); more is unreadable
@@ -115,6 +114,17 @@ def _finish(ax: Any, **labels: str) -> None:
         ax.legend(fontsize=8)
 
 
+def _panel_grid(rep: Report) -> tuple[Any, list[tuple[Any, str, list[tuple[tuple, str, dict]]]]]:
+    """A figure of one panel per level of the second factor and, per panel, its axes, title and arms, each
+    with its label and its :func:`line_styles` style (the same in every figure)."""
+    panels = _panels(rep)
+    skip = rep.keys[1:2]
+    styles = line_styles(rep)
+    fig, axes = _grid(len(panels))
+    return fig, [(ax, title, [(a, rep.short(a, skip), styles[rep.short(a, skip)]) for a in arms])
+                 for ax, (title, arms) in zip(axes, panels)]
+
+
 def _more(rep: Report) -> str:
     """The caption's note when panels leave arms out."""
     n_arms = len(rep.arms)
@@ -126,19 +136,15 @@ def _more(rep: Report) -> str:
 def per_arm_figure(rep: Report, col: str, what: str, ylabel: str, pct: bool) -> Any | None:
     """An ``epochs.csv`` column per arm by epoch (a matplotlib Figure): the mean over seeds, a band from
     min to max; one panel per level of the second factor, each arm in its :func:`line_styles` style."""
-    panels = _panels(rep)
-    skip = rep.keys[1:2]
-    styles = line_styles(rep)
-    fig, axes = _grid(len(panels))
+    fig, panels = _panel_grid(rep)
     drawn = False
-    for ax, (title, arms) in zip(axes, panels):
-        for a in arms:
+    for ax, title, arms in panels:
+        for a, label, st in arms:
             c = _aligned([r for r in rep.arms[a] if r.plotted], col)
             if c is None:
                 continue
             x, m, lo, hi = (c[0], *(100 * v if pct else v for v in c[1:]))
-            st = styles[rep.short(a, skip)]
-            ax.plot(x, m, label=rep.short(a, skip), markevery=max(1, len(x) // 12), **st)
+            ax.plot(x, m, label=label, markevery=max(1, len(x) // 12), **st)
             ax.fill_between(x, lo, hi, color=st["color"], alpha=0.15, linewidth=0)
             drawn = True
         _finish(ax, title=title, xlabel="epoch", ylabel=ylabel)
@@ -233,13 +239,10 @@ def lr_figure(rep: Report) -> bytes | None:
 
 def train_loss_figure(rep: Report) -> bytes | None:
     """Per-iteration training loss (mean over seeds): raw faintly, EMA-smoothed on top."""
-    panels = _panels(rep)
-    skip = rep.keys[1:2]
-    styles = line_styles(rep)
-    fig, axes = _grid(len(panels))
+    fig, panels = _panel_grid(rep)
     drawn = False
-    for ax, (title, arms) in zip(axes, panels):
-        for a in arms:
+    for ax, title, arms in panels:
+        for a, label, st in arms:
             frames = [s for r in rep.arms[a] if r.plotted and (s := r.steps()) is not None and "loss" in s]
             if not frames:
                 continue
@@ -247,9 +250,8 @@ def train_loss_figure(rep: Report) -> bytes | None:
             smooth = loss.ewm(alpha=1 - rep.conf.smoothing, ignore_na=True).mean() if rep.conf.smoothing else loss
             k = max(1, len(loss) // MAX_POINTS)
             x = loss.index.to_numpy()[::k]
-            st = styles[rep.short(a, skip)]
             ax.plot(x, loss.to_numpy()[::k], color=st["color"], alpha=0.25, linewidth=0.6)
-            ax.plot(x, smooth.to_numpy()[::k], label=rep.short(a, skip), markevery=max(1, len(x) // 10), **st)
+            ax.plot(x, smooth.to_numpy()[::k], label=label, markevery=max(1, len(x) // 10), **st)
             drawn = True
         _finish(ax, title=title, xlabel="step", ylabel="training loss")
     return _png(fig) if drawn else None
@@ -263,23 +265,20 @@ def compute_figure(rep: Report) -> bytes | None:
     known = {(tuple(v["params"]), tuple(v["mult_adds"])) for v in sizes.values() if len(v["mult_adds"]) == 1}
     if len(known) < 2:
         return None
-    panels = _panels(rep)
-    skip = rep.keys[1:2]
-    styles = line_styles(rep)
-    fig, axes = _grid(len(panels))
-    for ax, (title, arms) in zip(axes, panels):
-        at = [sizes[a]["mult_adds"][0] if len(sizes[a]["mult_adds"]) == 1 else None for a in arms]
-        for i, a in enumerate(arms):
+    fig, panels = _panel_grid(rep)
+    for ax, title, arms in panels:
+        at = [sizes[a]["mult_adds"][0] if len(sizes[a]["mult_adds"]) == 1 else None for a, _, _ in arms]
+        for i, (a, label, st) in enumerate(arms):
             accs = [100 * r.final_test_acc for r in rep.arms[a] if r.counted]
             if at[i] is None or not accs:
                 continue
             # Arms of equal compute side by side, 2% apart on the log axis, so their bars do not overlap.
             x = at[i] * 1.02 ** (at[:i].count(at[i]) - (at.count(at[i]) - 1) / 2)
-            (m, lo, hi), st = t_interval(accs, rep.conf.confidence), styles[rep.short(a, skip)]
+            m, lo, hi = t_interval(accs, rep.conf.confidence)
             size = f" ({sizes[a]['params'][0] / 1e6:.3g} M params)" if len(sizes[a]["params"]) == 1 else ""
             ax.scatter([x] * len(accs), accs, color=st["color"], marker=st["marker"], s=12, alpha=0.3, linewidths=0)
             ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]] if math.isfinite(lo) else None, fmt=st["marker"],
-                        color=st["color"], markersize=7, capsize=4, label=rep.short(a, skip) + size)
+                        color=st["color"], markersize=7, capsize=4, label=label + size)
         ax.set_xscale("log")
         _finish(ax, title=title, xlabel="multiply-adds per image (log scale)", ylabel="final test accuracy (%)")
     level = round(100 * rep.conf.confidence)
