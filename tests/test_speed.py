@@ -265,6 +265,7 @@ def test_bench_smoke_runs_every_mode(tmp_path):
     assert 0 < conc.wall_images_per_second.iloc[0] <= conc.aggregate_images_per_second.iloc[0] * 1.5
     g = pd.read_csv(tmp_path / "grid.csv")
     assert g.completed.iloc[0] == g.runs.iloc[0] == 2 and bool(g.report.iloc[0])
+    assert 0 < g.report_seconds.iloc[0] < g.wall_seconds.iloc[0]  # the report timed alone, a part of the sweep's time
     # trainer.pipeline is not part of a run's identity: one sweep per value, one merged report comparing them
     merged = pd.read_csv(tmp_path / "grid" / "report" / "summary.csv")
     assert sorted(merged["trainer.pipeline"]) == ["dataloader", "resident"]
