@@ -23,8 +23,9 @@ from typing import Any, Optional
 from . import rundir
 from .identity import is_factor_key
 
-SUMMARY_COLUMNS = ["status", "epochs_done", "epochs_planned", "final_test_acc", "best_test_acc", "best_epoch",
-                   "final_train_acc", "final_test_loss", "final_train_loss", "params", "seconds",
+SUMMARY_COLUMNS = ["status", "epochs_done", "epochs_planned", "final_test_acc", "final_val_acc", "selection",
+                   "best_epoch", "best_val_acc", "test_acc_at_best", "best_test_acc", "final_train_acc",
+                   "final_train_eval_acc", "final_test_loss", "final_train_loss", "params", "mult_adds", "seconds",
                    "images_per_second", "config_hash", "error"]
 
 
@@ -75,15 +76,10 @@ def sweep(overrides: Sequence[str] = (), sweep_dir: Optional[Path | str] = None,
 
 # ----------------------------------------------------------------------------- results as tables
 def run_dirs(sweeps: Path | str | Iterable[Path | str]) -> list[Path]:
-    """The run directories of one or more sweep directories (a run directory stands for itself)."""
+    """The run directories of one or more sweep directories (a run directory stands for itself), found as the
+    report finds them."""
     roots = [Path(sweeps)] if isinstance(sweeps, (str, Path)) else [Path(s) for s in sweeps]
-    found: list[Path] = []
-    for root in roots:
-        if rundir.is_run_dir(root) and not (root / "multirun.yaml").exists():
-            found.append(root)
-        else:
-            found += sorted(p for p in root.iterdir() if p.is_dir() and rundir.is_run_dir(p))
-    return found
+    return [run for root in roots for run in rundir.find_runs(root)]
 
 
 def _value(v: str) -> Any:

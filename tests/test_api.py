@@ -58,6 +58,11 @@ def test_load_runs_is_one_row_per_run_with_its_overrides(tmp_path):
     other = rundirs.sweep(tmp_path / "other", {"plateau": [0.7]})
     assert len(ablate.load_runs([sweep, other])) == 7
     assert ablate.load_runs(other / "scheduler=plateau,trainer.seed=0").final_test_acc.tolist() == [0.7]
+    # Sweeps inside a folder (one per value of an execution option, as the bench makes them) are found as the
+    # report finds them.
+    rundirs.sweep(tmp_path / "grid" / "trainer.pipeline=resident", {"step": [0.6]})
+    rundirs.sweep(tmp_path / "grid" / "trainer.pipeline=dataloader", {"step": [0.65]})
+    assert sorted(ablate.load_runs(tmp_path / "grid").final_test_acc) == [0.6, 0.65]
 
 
 def test_load_epochs_is_one_row_per_run_and_epoch(tmp_path):
