@@ -81,12 +81,13 @@ class PackedModel:
         self.buffers = [n for n, _ in model.named_buffers()]
         self.amp, self.device = amp, device
         self.mask_dtype = torch.bfloat16 if amp else torch.float32
-        self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        self._order: dict[tuple[int, ...], list[tuple[str, tuple[int, ...]]]] = {}  # (layer, noise shape) as run
         self._batched = vmap(self._one, randomness="error")  # any random op inside would be shared: refuse it
 
-    def mask_shapes(self, x_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-        """Each dropout layer's noise shape for one run's batch of ``x_shape``, in the order the layers run."""
-        if x_shape not in self._shapes:
+    def run_order(self, x_shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...]]]:
+        """Each dropout layer with its noise shape for one run's batch of ``x_shape``, in the order the layers
+        run (which need not be the order a model declares them in)."""
+        if x_shape not in self._order:
             order: list[str] = []
             hooks = [self.template.get_submodule(n).register_forward_pre_hook(
                 lambda m, a, n=n: order.append(n)) for n in self.dropouts]
@@ -96,14 +97,17 @@ class PackedModel:
             finally:
                 for h in hooks:
                     h.remove()
-            self.dropouts = order  # the order they run in
-            self._shapes[x_shape] = [self.template.get_submodule(n).probed for n in order]
-        return self._shapes[x_shape]
+            self._order[x_shape] = [(n, self.template.get_submodule(n).probed) for n in order]
+        return self._order[x_shape]
+
+    def mask_shapes(self, x_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Each dropout layer's noise shape for one run's batch of ``x_shape``, in the order the layers run."""
+        return [shape for _, shape in self.run_order(x_shape)]
 
     def draw_masks(self, model: nn.Module, x_shape: tuple[int, ...]) -> list[Tensor]:
         """One run's masks for one step, with its own layers' rates, from the global RNG (the run's stream)."""
         return [draw_mask(shape, model.get_submodule(name).p, self.mask_dtype, self.device)
-                for name, shape in zip(self.dropouts, self.mask_shapes(x_shape))]
+                for name, shape in self.run_order(x_shape)]
 
     def _one(self, params: dict, buffers: dict, x: Tensor, masks: tuple) -> Tensor:
         self.feed.masks = iter(masks)

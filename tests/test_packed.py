@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ablate import rundir
-from ablate.batched import draw_mask
+from ablate.batched import PackedModel, draw_mask
 from ablate.packed import Member, fit_group
 from ablate.packing import plan
 from ablate.phases import PHASES
@@ -67,6 +67,25 @@ def test_masks_are_the_ones_nn_dropout_draws():
         assert torch.equal(got, expected), layer
         assert torch.equal(torch.get_rng_state(), after)  # and the stream goes on from where nn.Dropout leaves it
     assert not draw_mask((4, 3), 1.0, torch.float32, torch.device("cpu")).any()  # p=1 drops all, draws nothing
+
+
+class _LateFirst(nn.Module):
+    """Declares its dropouts in the reverse of the order they run in, each with its own rate."""
+
+    def __init__(self):
+        super().__init__()
+        self.late, self.fc, self.early = nn.Dropout(1.0), nn.Linear(4, 6), nn.Dropout(0.0)
+
+    def forward(self, x):
+        return self.late(self.fc(self.early(x)))
+
+
+def test_each_mask_gets_its_own_layers_rate_whatever_the_declaration_order():
+    model = _LateFirst()
+    packed = PackedModel(model, False, torch.device("cpu"))
+    early, late = packed.draw_masks(model, (8, 4))  # the order they run in: early (keeps all), late (drops all)
+    assert early.shape == (8, 4) and bool(early.all())
+    assert late.shape == (8, 6) and not late.any()
 
 
 @pytest.mark.parametrize("model", list(MODELS))
