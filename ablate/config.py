@@ -56,19 +56,19 @@ def positive(group: str, obj: Any, *fields: str) -> None:
     for f in fields:
         v = getattr(obj, f)
         require(v is not None and v > 0, f"{group}.{f}", v, "must be > 0")
-
-
-def finite(group: str, obj: Any, *fields: str) -> None:
-    """Refuse inf (and nan): ``inf > 0`` passes a range check, and an infinite lr trains nothing."""
-    for f in fields:
-        v = getattr(obj, f)
-        require(v is None or math.isfinite(v), f"{group}.{f}", v, "must be a finite number")
+        _finite(f"{group}.{f}", v)
 
 
 def non_negative(group: str, obj: Any, *fields: str) -> None:
     for f in fields:
         v = getattr(obj, f)
         require(v is not None and v >= 0, f"{group}.{f}", v, "must be >= 0")
+        _finite(f"{group}.{f}", v)
+
+
+def _finite(key: str, v: Any) -> None:
+    """``inf > 0`` passes a range check (nan does not), and an infinite lr, decay or factor trains nothing."""
+    require(math.isfinite(v), key, v, "must be a finite number")
 
 
 def probability(group: str, obj: Any, *fields: str) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-from .config import Registry, TrainerConf, finite, non_negative, positive, probability, require
+from .config import Registry, TrainerConf, non_negative, positive, probability, require
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +35,6 @@ class OptimizerConf:
     capturable: ClassVar[bool] = False  # accepts ``capturable=True`` (state and lr read on the device)
 
     def __post_init__(self) -> None:
-        finite("optimizer", self, "lr")
         positive("optimizer", self, "lr")
 
 

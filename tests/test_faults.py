@@ -384,6 +384,8 @@ def test_bad_input_gets_one_clear_line(tmp_path):
     (["optimizer.lr=0"], "optimizer.lr"),
     (["optimizer.lr=inf"], "optimizer.lr"),
     (["optimizer=sgd", "optimizer.lr=nan"], "optimizer.lr"),
+    (["regularization.weight_decay=inf"], "regularization.weight_decay"),
+    (["scheduler=step", "scheduler.gamma=inf"], "scheduler.gamma"),
     (["augment.erasing=-0.1"], "augment.erasing"),
     (["augment.hflip=1.5"], "augment.hflip"),
     (["scheduler=onecycle", "scheduler.max_lr=null"], "scheduler.max_lr"),
