@@ -113,7 +113,7 @@ def test_a_summary_that_is_no_object_or_holds_foreign_types_reads_as_missing(tmp
     (first / rundir.SUMMARY_JSON).write_text("[1, 2]")
     (second / rundir.SUMMARY_JSON).write_text(json.dumps(
         {"status": 3, "config": "x", "overrides": "y", "epochs_planned": "many", "error": 5, "final_test_acc": "high",
-         "seed": 1}))
+         "mult_adds": "many", "seed": 1}))
     assert rundir.read_summary(first) is None and rundir.read_summary(second) == {"seed": 1}
     rows = report.summary_frame(report.build([sweep], plots=False))
     assert list(rows["status"]) == ["no summary.json", "no summary.json", "completed", "completed"]
