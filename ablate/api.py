@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from . import rundir
-from .identity import is_factor_key
+from . import rundir, runlock
+from .identity import is_factor_key, split_override
 
 SUMMARY_COLUMNS = ["status", "epochs_done", "epochs_planned", "final_test_acc", "final_val_acc", "selection",
                    "best_epoch", "best_val_acc", "test_acc_at_best", "best_test_acc", "final_train_acc",
@@ -38,17 +38,15 @@ def train_run(overrides: Sequence[str] = (), run_dir: Optional[Path | str] = Non
     from omegaconf import OmegaConf, open_dict
 
     from .compose import compose
-    from .identity import PRESET_GROUPS, RUN_GROUPS
-    from .job import run_job
+    from .job import hydra_record, run_choices, run_job
 
     overrides = list(overrides)
     cfg = compose(overrides, return_hydra_config=True)
     run_dir = (Path(run_dir) if run_dir is not None else Path(str(cfg.hydra.run.dir))).resolve()
-    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if k in RUN_GROUPS or k in PRESET_GROUPS}
+    choices, root = run_choices(cfg.hydra), OmegaConf.masked_copy(cfg, "hydra")
     with open_dict(cfg):
         del cfg["hydra"]
-    record = {"config.yaml": OmegaConf.to_yaml(cfg), "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(overrides))}
-    summary, error = run_job(cfg, run_dir, overrides, choices, record)
+    summary, error = run_job(cfg, run_dir, overrides, choices, hydra_record(cfg, root))
     if error is not None:
         raise error
     return summary
@@ -95,13 +93,12 @@ def _value(v: str) -> Any:
 def _run_row(run: Path) -> dict[str, Any]:
     summary = rundir.read_summary(run) or {}
     row: dict[str, Any] = {"run": run.name, "path": str(run)}
-    for o in rundir.read_overrides(run, summary):
-        if "=" in o and is_factor_key(o.split("=", 1)[0]):
-            key, value = o.split("=", 1)
-            row[key.lstrip("+~")] = _value(value)
+    for key, value in filter(None, map(split_override, rundir.read_overrides(run, summary))):
+        if is_factor_key(key):
+            row[key] = _value(value)
     row.update({k: summary.get(k) for k in SUMMARY_COLUMNS})
-    if row["status"] is None:
-        row["status"] = "running" if rundir.epochs_text(run) else "launched"
+    # As the report shows it: a 'running' run whose writer is gone is interrupted.
+    row["status"] = runlock.shown_status(run, summary) or ("running" if rundir.epochs_text(run) else "launched")
     return row
 
 

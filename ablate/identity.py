@@ -39,6 +39,14 @@ def _key(override_key: str) -> str:
     return override_key.lstrip("+~").split("@", 1)[0]
 
 
+def split_override(override: str) -> tuple[str, str] | None:
+    """An override's key (without ``+``/``~`` and ``@package``) and value; None for one without a value."""
+    if "=" not in override:
+        return None
+    key, value = override.split("=", 1)
+    return _key(key), value
+
+
 def is_identity_key(key: str) -> bool:
     """Whether an override key (``trainer.seed``, ``scheduler``, ``+variant``) changes what a run is.
 

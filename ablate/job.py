@@ -40,8 +40,12 @@ def score(summary: dict, failure_value: float) -> float:
 
 def hydra_job(hc: DictConfig) -> tuple[Path, list[str], dict[str, Any]]:
     """A Hydra job's run directory, overrides and group choices, from its ``hydra`` node."""
-    choices = {k: v for k, v in hc.runtime.choices.items() if k in RUN_GROUPS or k in PRESET_GROUPS}
-    return Path(hc.runtime.output_dir), list(hc.overrides.task), choices
+    return Path(hc.runtime.output_dir), list(hc.overrides.task), run_choices(hc)
+
+
+def run_choices(hc: DictConfig) -> dict[str, Any]:
+    """The option chosen in each group that says what a run is (presets included), from a ``hydra`` node."""
+    return {k: v for k, v in hc.runtime.choices.items() if k in RUN_GROUPS or k in PRESET_GROUPS}
 
 
 def hydra_record(cfg: DictConfig, hydra_root: DictConfig) -> dict[str, str]:

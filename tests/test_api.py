@@ -7,10 +7,11 @@ import sys
 
 import pandas as pd
 import pytest
+import yaml
 
 import ablate
 import rundirs
-from ablate import rundir
+from ablate import report, rundir, runlock
 from conftest import ROOT, TINY
 
 FINALS = {"step": [0.80, 0.82, 0.81], "cosine": [0.83, 0.84, 0.845]}
@@ -38,6 +39,10 @@ def test_train_run_makes_its_directory_and_returns_the_summary(tmp_path, monkeyp
     assert summary["final_test_acc"] == epochs.test_acc.iloc[-1] and len(epochs) == 2
     assert rundir.read_config(run)["trainer"]["epochs"] == 2  # readers (report, inspect) find its config
     assert (run / rundir.HYDRA_DIR / "config.yaml").exists() and (run / rundir.MODEL).exists()
+    # The same .hydra/ record as the command line's: its overrides and the hydra node (choices included).
+    assert yaml.safe_load((run / rundir.HYDRA_DIR / "overrides.yaml").read_text()) == overrides
+    hydra_node = yaml.safe_load((run / rundir.HYDRA_DIR / "hydra.yaml").read_text())["hydra"]
+    assert hydra_node["runtime"]["choices"]["model"] == "simple_cnn"
     # The same call into the same directory: already completed, not trained again.
     before = (run / rundir.EPOCHS_CSV).stat().st_mtime_ns
     assert ablate.train_run(overrides, run_dir=run) == summary
@@ -77,6 +82,19 @@ def test_load_epochs_is_one_row_per_run_and_epoch(tmp_path):
     pd.testing.assert_frame_equal(one[list(csv.columns)].reset_index(drop=True), csv)
     running = ablate.load_runs(sweep).set_index("run").loc["scheduler=plateau,trainer.seed=0"]
     assert running.status == "running"
+
+
+def test_load_runs_shows_a_run_whose_writer_died_as_the_report_does(tmp_path):
+    sweep = tmp_path / "s"
+    live = rundirs.write_run(sweep, ["trainer.seed=0"], [0.3], epochs_planned=3, status="running")
+    dead = rundirs.write_run(sweep, ["trainer.seed=1"], [0.3], epochs_planned=3, status="running")
+    with runlock.RunLock(dead):
+        pass  # its writer took the lock, then died
+    with runlock.RunLock(live):
+        runs = ablate.load_runs(sweep).set_index("run")
+        shown = {r.path.name: r.status for r in report.build([sweep], plots=False).runs}
+    assert (runs.status[live.name], runs.status[dead.name]) == ("running", "interrupted")
+    assert runs.status.to_dict() == shown
 
 
 @pytest.mark.slow

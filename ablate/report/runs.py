@@ -21,6 +21,7 @@ import pandas as pd
 from .. import rundir, runlock
 from ..rundir import REPORT_DIR, find_runs  # noqa: F401  (part of the report API)
 from ..config import ReportConf, typed
+from ..identity import split_override
 
 SEED_KEY = "trainer.seed"
 EXCLUDING = ("failed", "diverged", "incomplete")  # flags that keep a run's own final accuracy out of the means
@@ -168,16 +169,6 @@ def _read_epochs(run_dir: Path) -> tuple[pd.DataFrame | None, int | None]:
     return df, bad
 
 
-def _split_override(s: str) -> tuple[str, str] | None:
-    if "=" not in s:
-        return None
-    k, v = s.split("=", 1)
-    k = k.lstrip("+~")
-    if "@" in k:  # group@package=option
-        k = k.split("@", 1)[0]
-    return k, v
-
-
 def num(v: Any) -> float | None:
     """``v`` as a finite float, else None."""
     try:
@@ -246,7 +237,7 @@ def load_run(path: Path, sweep: Path, conf: ReportConf | None = None) -> Run:
     """Read one run directory; whatever is missing is derived from what is there."""
     summary = rundir.read_summary(path) or {}
     config = rundir.read_config(path, summary)
-    overrides = dict(kv for kv in map(_split_override, rundir.read_overrides(path, summary)) if kv)
+    overrides = dict(kv for kv in map(split_override, rundir.read_overrides(path, summary)) if kv)
     trainer = config.get("trainer") or {}
     seed = summary.get("seed", overrides.get(SEED_KEY, trainer.get("seed")))
     try:
