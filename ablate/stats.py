@@ -37,15 +37,10 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     """Mean of ``values`` (one per seed) and its Student t interval, mean ± t(n - 1) · s / √n.
 
     NaN bounds with fewer than two values or no spread: there is no noise to size it from."""
-    from scipy.stats import t
-
     v = np.asarray(values, dtype=float)
     m = float(v.mean()) if v.size else math.nan
     se = float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else 0.0
-    if not se > 0:
-        return m, math.nan, math.nan
-    lo, hi = t.interval(confidence, v.size - 1, loc=m, scale=se)
-    return m, float(lo), float(hi)
+    return (m, *_interval(m, se, v.size - 1, 1 - confidence))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ..config import ReportConf
@@ -117,7 +116,7 @@ def analyse(runs: list[Run], conf: ReportConf, sweeps: Sequence[Path]) -> Report
     units = units_of(arms)
     expected, n_expected = _expected_units(arms, units, sweeps)
     rep = Report(runs, conf, [Path(s) for s in sweeps], keys, arms, units, expected, n_expected)
-    stated, rep.untested = vd.family(keys, units, rep.alpha)
+    stated, rep.untested = vd.family(keys, units)
     rep.verdicts = vd.adjust(stated, rep.alpha)
 
     for i, k in enumerate(keys):
@@ -156,12 +155,6 @@ def _warn(rep: Report) -> None:
 
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in s).strip("-").lower()
-
-
-def mean_of(vals: Sequence[float | None]) -> float:
-    """Mean of the values that are not None; NaN when there are none."""
-    v = [x for x in vals if x is not None]
-    return float(np.mean(v)) if v else math.nan
 
 
 def pct(x: float, digits: int = 2) -> str:

@@ -269,7 +269,7 @@ def compute_figure(rep: Report) -> bytes | None:
     for ax, title, arms in panels:
         at = [sizes[a]["mult_adds"][0] if len(sizes[a]["mult_adds"]) == 1 else None for a, _, _ in arms]
         for i, (a, label, st) in enumerate(arms):
-            accs = [100 * r.final_test_acc for r in rep.arms[a] if r.counted]
+            accs = [100 * v for u in rep.units[a].values() if (v := u.value) is not None]  # the tables' seeds
             if at[i] is None or not accs:
                 continue
             # Arms of equal compute side by side, 2% apart on the log axis, so their bars do not overlap.

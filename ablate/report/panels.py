@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import statistics
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from .. import rundir
 from ..config import ConfigError
-from .analysis import Report, mean_of, pct, ranked_arms
+from .analysis import Report, pct, ranked_arms
 from .runs import Run
 
 PANEL_ROLES = ("best", "worst")
@@ -34,8 +35,8 @@ class ArmPanel:
 
     role: str  # "best" or "worst"
     arm: tuple[str, ...]
-    mean: float  # mean final test accuracy of the arm's counted runs
-    n: int  # counted runs
+    mean: float  # the arm's mean final test accuracy over its seeds (the tables' number: diverged at chance)
+    n: int  # seeds with a result
     run: Run | None = None  # the representative run (None: no counted run has model.pt)
     files: dict[str, str] = field(default_factory=dict)  # PANEL_FILES key -> file name in report/
     skipped: str | None = None  # one line: why nothing was drawn
@@ -54,7 +55,7 @@ def representative_run(runs: Sequence[Run]) -> Run | None:
     ok = [r for r in runs if r.counted]
     if not ok:
         return None
-    m = mean_of([r.final_test_acc for r in ok])
+    m = statistics.fmean(r.final_test_acc for r in ok)  # of the runs it can stand for (diverged ones cannot)
     have = [r for r in ok if (r.path / rundir.MODEL).is_file()]
     key = lambda r: (abs(r.final_test_acc - m), r.seed if r.seed is not None else math.inf, r.name)  # noqa: E731
     return min(have, key=key) if have else None

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..stats import mean_std
 from .runs import Run, model_size
 
 REPEAT_RULE = ("a configuration and seed run more than once (merged sweeps) counts once, as the mean of its "
@@ -82,9 +83,7 @@ def mixed_configs(units: Iterable[Unit]) -> list[Unit]:
 def unit_stats(units: Sequence[Unit], expected: int) -> dict[str, Any]:
     """A table row's numbers over units (repeats already averaged): mean ± std (ddof = 1) of the results."""
     vals = [v for u in units if (v := u.value) is not None]
-    v = np.asarray(vals, dtype=float)
-    mean = float(v.mean()) if v.size else math.nan
-    std = float(v.std(ddof=1)) if v.size > 1 else math.nan
+    mean, std = mean_std(vals)
 
     def over(attr: str) -> float:
         per = [x for u in units if math.isfinite(x := u.mean_of(attr))]

@@ -102,7 +102,7 @@ def identical_reason(pairs: Sequence[tuple[Unit, Unit]], a: str, b: str) -> str 
 
 
 def compare_units(factor: str, within: str, a: str, b: str, ua: dict[Any, Unit], ub: dict[Any, Unit],
-                  alpha: float, unit: str) -> Verdict | None:
+                  unit: str) -> Verdict | None:
     """``a`` against ``b`` on their units (a family of one; adjust with :func:`adjust`), oriented so that
     the level ahead comes first: paired on the units both have results for (at least two), else Welch.
     None when no test is possible (fewer than two results on a side and fewer than two shared)."""
@@ -113,11 +113,9 @@ def compare_units(factor: str, within: str, a: str, b: str, ua: dict[Any, Unit],
     if not paired and min(len(va), len(vb)) < 2:
         return None
     xa, xb = ([va[k] for k in shared], [vb[k] for k in shared]) if paired else (list(va.values()), list(vb.values()))
-    c = stats.compare(xa, xb, paired, alpha=alpha)
-    swap = c.diff < 0
-    if swap:
-        a, b, ua, ub = b, a, ub, ua
-        c = stats.compare(xb, xa, paired, alpha=alpha)
+    if np.mean(xa) < np.mean(xb):  # the level ahead first
+        a, b, ua, ub, xa, xb = b, a, ub, ua, xb, xa
+    c = stats.compare(xa, xb, paired)
     same = identical_reason([(ua[k], ub[k]) for k in shared], a, b) if shared else None
     return Verdict(factor, within, a, b, c, unit,
                    excluded_a=sum(u.value is None for u in ua.values()),
@@ -131,7 +129,7 @@ def _unit_words(others: Sequence[str]) -> str:
     return "seeds" if not others else f"({', '.join([*others, 'seed'])}) pairs"
 
 
-def family(keys: Sequence[str], units: dict[tuple[str, ...], dict[Any, Unit]], alpha: float
+def family(keys: Sequence[str], units: dict[tuple[str, ...], dict[Any, Unit]]
            ) -> tuple[list[Verdict], dict[tuple[str, str], int]]:
     """Every comparison the report states, unadjusted: for each factor, every pair of its levels that can
     be tested, pooled over the other factors and within each combination of their levels; and, per
@@ -152,7 +150,7 @@ def family(keys: Sequence[str], units: dict[tuple[str, ...], dict[Any, Unit]], a
             have = [lvl for lvl, us in levels.items() if any(u.value is not None for u in us.values())]
             unit = _unit_words(others if not rest else [])
             for a, b in itertools.combinations(have, 2):
-                v = compare_units(k, within, a, b, levels[a], levels[b], alpha, unit)
+                v = compare_units(k, within, a, b, levels[a], levels[b], unit)
                 if v is None:
                     untested[(k, within)] = untested.get((k, within), 0) + 1
                 else:
@@ -167,33 +165,13 @@ def _min_detectable_per_sd(n: int, level: float, paired: bool) -> float:
     return stats.min_detectable(1.0, n, level, POWER, paired)
 
 
-def _seeds_needed(effect: float, level: float, paired: bool) -> int | None:
-    """:func:`ablate.stats.seeds_needed` for difference / sd = ``effect`` (None beyond MAX_SEEDS), found by
-    walking from the normal approximation ((z + z) / effect)^2 to the t answer: a few power evaluations
-    instead of a bisection over every n, since a report may hold dozens of inconclusive verdicts."""
-    from scipy.special import ndtri
-
-    def settles(n: int) -> bool:
-        return stats.t_power(effect, 1.0, n, level, paired) >= POWER
-
-    if not effect > 0 or not settles(MAX_SEEDS):
-        return None
-    z = (ndtri(1 - level / 2) + ndtri(POWER)) / effect
-    n = min(MAX_SEEDS, max(2, math.ceil(z * z * (1 if paired else 2))))
-    while n > 2 and settles(n - 1):
-        n -= 1
-    while not settles(n):
-        n += 1
-    return n
-
-
 def _settle(v: Verdict, level: float) -> Verdict:
     """Seeds that would settle an inconclusive verdict and the difference the current seeds settle."""
     c = v.c
     if v.conclusive or v.identical is not None or not (c.se > 0 and math.isfinite(c.se)):
         return v
     n = c.n_a if c.paired else int(2 / (1 / c.n_a + 1 / c.n_b))
-    need = _seeds_needed(c.diff / c.sd, level, c.paired)
+    need = stats.seeds_needed(c.sd, c.diff, level, POWER, c.paired, max_n=MAX_SEEDS)
     return replace(v, seeds_needed=need, min_detectable=c.sd * _min_detectable_per_sd(n, level, c.paired))
 
 
