@@ -234,11 +234,8 @@ def _grid_once(a: argparse.Namespace, sweep: Path, launcher: str) -> tuple[dict[
     n = 1
     for axis in a.grid_axes:
         n *= len(axis.split("=", 1)[1].split(","))
-    if launcher == "packed":  # which step auto chose, as the launcher chooses it
-        import torch
-
-        cuda = a.device.startswith("cuda") or (a.device == "auto" and torch.cuda.is_available())
-        launcher = f"packed ({a.packed_step if a.packed_step != 'auto' else 'batched' if cuda else 'interleaved'})"
+    if launcher == "packed":  # the step its runs recorded (hydra.launcher.step=auto chooses per device)
+        launcher = f"packed ({'/'.join(sorted({s.get('step_mode') for s in summaries} - {None}))})"
     row = dict(launcher=launcher, runs=n, completed=len(done), processes=processes, epochs=a.grid_epochs,
                wall_seconds=wall, seconds_per_run=wall / n, images=images, images_per_second=images / wall,
                # while training: the runs' training seconds, spread over the processes that train at once

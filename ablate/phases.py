@@ -61,13 +61,13 @@ class Phases:
         self.seconds[phase] += seconds
 
     @contextmanager
-    def timed(self, phase: str, share: int = 1) -> Iterator[None]:
-        """Time the block as ``phase``; ``share`` runs spend it together, each is charged its part."""
+    def timed(self, phase: str) -> Iterator[None]:
+        """Time the block as ``phase``."""
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.add(phase, (time.perf_counter() - t0) / share)
+            self.add(phase, time.perf_counter() - t0)
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 4) for k, v in self.seconds.items()}

@@ -328,6 +328,7 @@ def test_the_bench_sweeps_one_grid_packed_and_apart_side_by_side(tmp_path):
     assert list(grid.launcher) == ["packed (interleaved)", "basic"]
     assert list(grid.completed) == [2, 2] and list(grid.images) == [2 * 2 * 64] * 2 and grid.report.all()
     assert grid.vs_basic.iloc[1] == 1.0 and grid.vs_basic.iloc[0] > 0
+    assert list(grid.vs_basic) == pytest.approx(list(grid.wall_seconds.iloc[1] / grid.wall_seconds))
     phases = pd.read_csv(tmp_path / "phases.csv")
     assert list(phases.phase) == list(PHASES)
     for launcher in ("packed", "basic"):

@@ -20,8 +20,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedL
 
 
 class PackedLauncher(Launcher):
-    def __init__(self, **knobs: Any) -> None:
-        self.knobs = knobs  # read again from the config in launch(), where they are checked
+    def __init__(self, **_knobs: Any) -> None:  # read from the config in launch(), where they are checked
         self.config: Optional[DictConfig] = None
         self.hydra_context: Any = None
         self.task_function: Any = None
