@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
@@ -291,12 +290,9 @@ def _step(packed: Optional[PackedModel], runs: list[_Run], buffers: dict[str, Te
 
 
 def _loss(r: _Run, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The run's objective (loss, plus its l2 term), its loss and its correct count: what fit's step computes."""
-    reg = r.state.reg
-    loss = F.cross_entropy(out.float(), y, label_smoothing=reg.label_smoothing)
-    total = loss + reg.l2 * sum(p.pow(2).sum() for p in r.state.model.parameters()) if reg.l2 else loss
+    """The run's objective, loss and correct count (fit's step), its gradients cleared for the backward."""
     r.state.optimizer.zero_grad(set_to_none=True)
-    return total, loss.detach(), (out.argmax(1) == y).sum()
+    return r.state.objective(out, y)
 
 
 def _interleaved(r: _Run) -> tuple[Tensor, Tensor]:
@@ -304,10 +300,7 @@ def _interleaved(r: _Run) -> tuple[Tensor, Tensor]:
     fit's step, less the optimizer's."""
     with r.stream.step():
         x, y = next(r.batches)
-        if r.state.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(r.state.device.type, dtype=torch.bfloat16, enabled=r.state.amp):
-            out = r.state.model(x)
+        out = r.state.forward(r.state.model, x)
     total, loss, correct = _loss(r, out, y)
     total.backward()
     return loss, correct

@@ -156,6 +156,20 @@ class RunState:
         lr = float(self.optimizer.param_groups[0]["lr"])
         return lr, None if math.isfinite(lr) else f"non-finite learning rate {lr} in epoch {epoch}"
 
+    def forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch, in channels_last and bf16 autocast where the run uses them (autocast's weight
+        cache off: a cached cast would be replayed stale by a CUDA graph)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            return model(x)
+
+    def objective(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What a step minimises (the loss plus the l2 term), the loss it records and its correct count."""
+        loss = F.cross_entropy(out.float(), y, label_smoothing=self.reg.label_smoothing)
+        total = loss + self.reg.l2 * sum(p.pow(2).sum() for p in self.model.parameters()) if self.reg.l2 else loss
+        return total, loss.detach(), (out.argmax(1) == y).sum()
+
     def lr_now(self) -> float | torch.Tensor:
         """The lr a step records: in force now for per-step schedules (a device-tensor lr is copied on the
         device, not read), the epoch's for the others (the caller's ``lr``)."""

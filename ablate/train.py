@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from . import cudagraph, phases
@@ -51,21 +50,16 @@ def fit(cfg: DictConfig, run_dir: Path, config_hash: str = "", summary: Optional
 
 def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dict], observer: Observer) -> dict:
     run = RunState(cfg, run_dir, config_hash, summary, observer)
-    t, reg, device, amp, channels_last = run.t, run.reg, run.device, run.amp, run.channels_last
+    t, device = run.t, run.device
     model, optimizer, schedule, batches = run.model, run.optimizer, run.schedule, run.batches
     step_model = torch.compile(model) if t.compile else model
 
     def train_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):  # graph-safe
-            out = step_model(x)
-        loss = F.cross_entropy(out.float(), y, label_smoothing=reg.label_smoothing)
-        total = loss + reg.l2 * sum(p.pow(2).sum() for p in model.parameters()) if reg.l2 else loss
+        total, loss, correct = run.objective(run.forward(step_model, x), y)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        return loss.detach(), (out.argmax(1) == y).sum()
+        return loss, correct
 
     # The step, chosen once: a graph replay fed batch indices, or eager on gathered batches.
     if run.graphed:
