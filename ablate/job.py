@@ -38,6 +38,11 @@ def score(summary: dict, failure_value: float) -> float:
     return float(acc) if summary.get("status") == "completed" and acc is not None else float(failure_value)
 
 
+def log_failure(summary: dict) -> None:
+    """A failed run's one error record in the launcher's log: its name, the error, the traceback."""
+    log.error("%s failed: %s\n%s", Path(summary["run_dir"]).name, summary["error"], summary.get("traceback"))
+
+
 def hydra_job(hc: DictConfig) -> tuple[Path, list[str], dict[str, Any]]:
     """A Hydra job's run directory, overrides and group choices, from its ``hydra`` node."""
     return Path(hc.runtime.output_dir), list(hc.overrides.task), run_choices(hc)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, open_dict
 
 from . import rundir, runlock
 from .compose import validate  # importing it registers every group's schema before Hydra composes
-from .job import hydra_job, hydra_record, run_job, score
+from .job import hydra_job, hydra_record, log_failure, run_job, score
 from .config import CONF_DIR, ConfigError
 from .identity import config_hash
 from .data import DataError
@@ -104,7 +104,7 @@ def run(cfg: DictConfig) -> float:
     if error is not None:
         if isinstance(error, (ConfigError, DataError, CheckpointError)) and not multirun:
             sys.exit(f"ablate: {error}")  # bad input: one line, non-zero exit
-        log.error("%s failed: %s\n%s", Path(summary["run_dir"]).name, summary["error"], summary.get("traceback"))
+        log_failure(summary)
     if not multirun:
         print_result(summary)  # a single run ends naming its directory and accuracy
         if error is not None:
