@@ -252,7 +252,7 @@ def _epoch(packed: Optional[PackedModel], active: list[_Run], epoch: int) -> Non
             buffers = packed.stack_buffers(models()) if packed else {}
     if packed:
         packed.unstack_buffers(models(), buffers)
-    trained = [r.state.trained(r.losses, r.correct, r.lrs) for r in active]  # the epoch's one read of the device
+    trained = [r.state.trained(r.losses, r.correct, r.lrs) for r in active]  # the device read once the epoch's loop is done
     train_seconds = time.perf_counter() - t0
     mode = "batched" if packed else "interleaved"
     for r, tr in zip(active, trained):

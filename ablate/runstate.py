@@ -137,7 +137,6 @@ class RunState:
         if self.start_epoch:
             log.info("resuming %s after epoch %d/%d", self.run_dir.name, self.start_epoch, t.epochs)
         self.step = self.start_epoch * self.batches.steps
-        self.step_images = torch.tensor(self.batches.sizes, device=device, dtype=torch.float32)  # the last may be ragged
         self.summary.update(_results(self.rows, self.select), seconds=self.seconds, threads=torch.get_num_threads(),
                             heartbeat=runlock.now())
         best = self.summary["best_val_acc"]
@@ -177,11 +176,13 @@ class RunState:
         return lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
 
     def trained(self, losses: torch.Tensor, correct: torch.Tensor, lrs: list) -> Trained:
-        """The epoch's ``len(lrs)`` steps, read from the device (once per epoch)."""
+        """The epoch's ``len(lrs)`` steps, read from the device after the loop (never inside it)."""
         n = len(lrs)
-        seen = sum(self.batches.sizes[:n])  # a ragged last batch counts its own images
-        loss = (losses[:n] * self.step_images[:n]).sum().item() / max(seen, 1)  # mean over images
-        return Trained(n, seen, loss, correct.item() / max(seen, 1), losses[:n].tolist(), _host(lrs))
+        sizes = self.batches.sizes[:n]  # a ragged last batch counts its own images
+        seen = sum(sizes)
+        step_losses = losses[:n].tolist()
+        loss = sum(x * k for x, k in zip(step_losses, sizes)) / max(seen, 1)  # mean over images
+        return Trained(n, seen, loss, correct.item() / max(seen, 1), step_losses, _host(lrs))
 
     def end_epoch(self, epoch: int, lr: float, tr: Trained, train_seconds: float, diverged: Optional[str],
                   step_mode: str = "eager", share: int = 1) -> bool:

@@ -92,7 +92,7 @@ def _fit(cfg: DictConfig, run_dir: Path, config_hash: str, summary: Optional[dic
             if not overflow(e):
                 raise
             diverged = f"float overflow in epoch {epoch} ({str(e).splitlines()[0]})"
-        trained = run.trained(losses, correct, lrs)  # the epoch's one read of the device
+        trained = run.trained(losses, correct, lrs)  # the device read once the epoch's loop is done
         mode = "cuda_graph" if run.graphed and not step_fn.eager else "eager"
         if run.end_epoch(epoch, lr, trained, time.perf_counter() - t0, diverged, mode):
             return run.summary  # diverged: recorded, stopped
