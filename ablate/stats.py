@@ -264,7 +264,19 @@ def min_detectable(sd: float, n: int, alpha: float = 0.05, power: float = 0.8, p
 def competition_ranks(n: int, beats: Collection[tuple[int, int]], missing: Collection[int] = ()) -> list[str]:
     """Ranks of arms 0..n-1 where (i, j) in ``beats`` means i is conclusively better than j.
 
-    Rank of j = 1 + the number of arms that conclusively beat j, so arms nothing separates share
-    a rank, shown as "=k"; an arm in ``missing`` (no finished runs) is "-"."""
-    ranks = [None if j in missing else 1 + sum(1 for i, jj in set(beats) if jj == j) for j in range(n)]
+    Rank of j = 1 + the number of arms above j in a chain of verdicts (i beats j, or i beats k
+    beats j, ...). An arm is then always ranked below every arm that beats it, also when pairs
+    were tested on different seeds and the verdicts are not transitive (A beats B, B beats C,
+    A vs C inconclusive: C ranks 3); arms share a rank ("=k") only where no verdict separates
+    them. An arm in ``missing`` (no finished runs) is "-"."""
+    above = [{i for i, jj in beats if jj == j} for j in range(n)]
+    changed = True
+    while changed:  # transitive closure: at most n rounds
+        changed = False
+        for j in range(n):
+            more = set().union(*(above[i] for i in above[j])) - above[j]
+            if more:
+                above[j] |= more
+                changed = True
+    ranks = [None if j in missing else 1 + len(above[j] - {j}) for j in range(n)]
     return ["-" if r is None else (f"={r}" if ranks.count(r) > 1 else str(r)) for r in ranks]

@@ -22,7 +22,9 @@ import rundirs
 from ablate import report, runlock, stats
 from ablate.callbacks import ReportCallback
 from ablate.config import ConfigError, ReportConf
+from ablate.report import verdicts as vd
 from ablate.report.cli import main as report_main
+from ablate.report.panels import panel_lines
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,7 +349,8 @@ def test_a_hundred_one_seed_arms_rank_together_and_state_no_test(tmp_path):
     assert len(df) == 100 and df["test acc % (mean ± std)"].str.endswith("(1 seed)").all()
     assert (df["rank"] == "=1").all()  # nothing separates them
     assert "100 of 100 arms have fewer than 3 finished seeds" in rep.warnings[0]
-    assert rep.verdicts == [] and rep.untested == {("optimizer.lr", ""): 100 * 99 // 2}  # one seed each: no test
+    assert rep.verdicts == [] and list(rep.untested) == [("optimizer.lr", "")]  # one seed each: no test
+    assert len(rep.untested[("optimizer.lr", "")][vd.TOO_FEW]) == 100 * 99 // 2
     assert "4950 pairs of levels cannot be compared: fewer than 2 finished seeds on a side" in report.markdown(rep)
 
 
@@ -448,6 +451,26 @@ def test_best_and_worst_arm_and_their_representative_runs(tmp_path):
     report.make_report([one])
     assert "No panels: needs two arms with finished runs; this report has 1" in (
         one / "report" / "report.md").read_text()
+
+
+def test_a_panel_says_which_mean_its_run_is_closest_to(tmp_path):
+    """Old: "Worst arm: ... (mean 65.50 %)" (a diverged seed at chance) over "Drawn from run ... (84.00 %: the
+    seed closest to the arm's mean)": the run is the finished seeds' closest, and now the line says so."""
+    sweep = rundirs.sweep(tmp_path / "s", {"a": [0.80, 0.84, 0.88], "b": [0.70, 0.71, 0.72]})
+    rundirs.write_run(sweep, ["scheduler=a", "trainer.seed=3"], [0.5, 0.6], train_loss=[0.9, float("nan")],
+                      test_loss=[0.5, None], status="diverged", error="non-finite training loss in epoch 2")
+    for run in sweep.glob("scheduler=*"):
+        (run / "model.pt").write_bytes(b"")
+    rep = report.build([sweep], plots=False)
+    (best, best_mean, _), (worst, worst_mean, n) = report.ranked_arms(rep)
+    assert (best, worst, n) == (("b",), ("a",), 4) and worst_mean == pytest.approx((0.80 + 0.84 + 0.88 + 0.1) / 4)
+    lines = {}
+    for role, arm, mean, k in (("best", best, best_mean, 3), ("worst", worst, worst_mean, n)):
+        panel = report.ArmPanel(role, arm, mean, k, report.representative_run(rep.arms[arm]))
+        lines[role] = panel_lines(rep, panel)[1]
+    assert lines["best"].endswith("final test accuracy 71.00 %: the seed closest to the arm's mean).")
+    assert lines["worst"].endswith("final test accuracy 84.00 %: the finished seed closest to the mean of the arm's "
+                                   "3 finished seeds, 84.00 %).")
 
 
 def test_structure_sweep_shows_parameters_multiply_adds_and_the_compute_figure(tmp_path):

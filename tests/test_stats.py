@@ -146,6 +146,10 @@ def test_competition_ranks_follow_conclusive_verdicts():
     assert stats.competition_ranks(4, {(0, 1), (0, 2), (0, 3), (1, 3)}) == ["1", "=2", "=2", "3"]
     assert stats.competition_ranks(3, set()) == ["=1", "=1", "=1"]
     assert stats.competition_ranks(3, {(0, 1)}, missing={2}) == ["1", "2", "-"]
+    # A chain: 0 beats 1 beats 2, with 0 vs 2 inconclusive (tested on other seeds): 2 still ranks below 1.
+    assert stats.competition_ranks(3, {(0, 1), (1, 2)}) == ["1", "2", "3"]
+    # A cycle (only possible when each pair was tested on different seeds): its members share a rank.
+    assert stats.competition_ranks(4, {(0, 1), (1, 2), (2, 0), (2, 3)}) == ["=3", "=3", "=3", "4"]
 
 
 def test_mean_std_is_sample_std():

@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import rundirs
@@ -406,6 +407,108 @@ def test_two_factors_within_each_level_and_pooled_and_when_they_disagree(tmp_pat
     df = report.verdicts_frame(rep.verdicts)
     assert set(df.loc[df["factor"] == "scheduler", "within"]) == {"", "model=lenet", "model=cnn3",
                                                                   "model=simple_cnn"}
+
+
+# ----------------------------------------------------------------------------- edge cases, in memory
+def _run(overrides: dict[str, str], seed: int, acc: float | None, trace: bool = False, status: str = "completed",
+         flag: str | None = None) -> report.Run:
+    """A run as the report holds it, without files; ``trace``: with an epochs table (for "identical here")."""
+    over = {**overrides, "trainer.seed": str(seed)}
+    r = report.Run(path=Path("/mem/" + ",".join(f"{k}={v}" for k, v in over.items())), sweep=Path("/mem"),
+                   overrides=over, choices={}, config={}, seed=seed, status=status, epochs_planned=2,
+                   epochs_done=2, final_test_acc=acc, chance=0.1)
+    if trace:
+        r.epochs = pd.DataFrame({"epoch": [1, 2], "test_acc": [acc - 0.05, acc], "train_loss": [1.0, 0.5]})
+    if flag:
+        r.flags[flag] = "in epoch 2"
+    return r
+
+
+def _analyse(runs: list[report.Run]) -> report.Report:
+    return report.analyse(runs, ReportConf(arm_panels=False), [])
+
+
+def test_levels_confounded_with_another_factor_are_not_compared_pooled():
+    """Old: two merged sweeps, (step, lenet) and (cosine, resnet) on the same seeds, gave "cosine beats step by
+    4.85 points (Welch t ...; no shared seeds to pair on)": the model's 5 points, credited to the scheduler."""
+    noise = [0.0, 0.004, -0.003, 0.002]
+    runs = [_run({"model": "lenet", "scheduler": "step"}, s, 0.80 + e) for s, e in enumerate(noise)]
+    runs += [_run({"model": "resnet", "scheduler": "cosine"}, s, 0.85 - e) for s, e in enumerate(noise)]
+    rep = _analyse(runs)
+    assert rep.verdicts == []
+    assert rep.untested[("scheduler", "")] == {vd.CONFOUNDED: [("step", "cosine")]}
+    (line,) = dict(rep.verdict_lines)["scheduler"]
+    assert line.startswith("Not compared pooled (step vs cosine): each pair shares fewer than two (model, seed)")
+    assert "a difference could come from model as well as from scheduler" in line
+    # Balanced, the unpaired pooled comparison stands: both schedulers ran lenet and resnet, on other seeds.
+    runs = [_run({"model": m, "scheduler": "step"}, s, 0.80 + e) for m in ("lenet", "resnet")
+            for s, e in enumerate(noise)]
+    runs += [_run({"model": m, "scheduler": "cosine"}, 4 + s, 0.80 + e) for m in ("lenet", "resnet")
+             for s, e in enumerate(noise)]
+    v = report.compare_levels(_analyse(runs), "scheduler", "step", "cosine")
+    assert (v.c.method, v.c.n_a, v.c.n_b, v.conclusive) == ("Welch t", 8, 8, False)
+
+
+def test_identical_here_only_when_every_paired_unit_trained_identically():
+    """Old: one shared seed with equal traces made a conclusive Welch verdict (p = 5e-5) "identical here ... on
+    all 6 shared seeds"; and a pair with a diverged side was skipped, so a diverged level was called identical."""
+    a = {0: 0.90, 1: 0.91, 2: 0.90, 3: 0.91, 4: 0.90, 5: 0.85}
+    b = {5: 0.85, 6: 0.80, 7: 0.81, 8: 0.80, 9: 0.81, 10: 0.80}
+    runs = [_run({"scheduler": "A"}, s, x, trace=True) for s, x in a.items()]
+    runs += [_run({"scheduler": "B"}, s, x, trace=True) for s, x in b.items()]
+    rep = _analyse(runs)
+    (v,) = rep.verdicts
+    assert v.identical is None and v.conclusive and v.c.method == "Welch t"
+    (line,) = dict(rep.verdict_lines)["scheduler"]
+    assert line.startswith("A beats B by 8.33 points") and "(only 1 seed ran both; pairing needs 2)" in line
+    runs = [_run({"scheduler": lvl}, s, x, trace=True) for s, x in ((0, 0.80), (1, 0.81)) for lvl in "AB"]
+    runs += [_run({"scheduler": "A"}, 2, 0.82, trace=True),
+             _run({"scheduler": "B"}, 2, 0.30, status="diverged", flag="diverged")]
+    (v,) = _analyse(runs).verdicts
+    assert v.identical is None and v.diverged_b == 1
+
+
+def test_ranks_never_tie_levels_a_verdict_separates():
+    """Old: B beats C, A beats B, A vs C inconclusive (C finished 2 seeds of 8) ranked A 1, B =2, C =2."""
+    b = [0.80, 0.81, 0.82, 0.80, 0.81, 0.82, 0.80, 0.81]
+    a = [x + 0.1 for x in b]
+    a[0], a[1] = b[0] + 0.2, b[1]
+    runs = [_run({"scheduler": "A"}, s, x) for s, x in enumerate(a)] + [
+        _run({"scheduler": "B"}, s, x) for s, x in enumerate(b)]
+    runs += [_run({"scheduler": "C"}, s, b[s] - 0.1 - s / 1e4) for s in (0, 1)]
+    runs += [_run({"scheduler": "C"}, s, None, status="failed", flag="failed") for s in range(2, 8)]
+    rep = _analyse(runs)
+    beats = {(v.a, v.b) for v in rep.verdicts if v.conclusive}
+    assert beats == {("A", "B"), ("B", "C")}  # not transitive: A vs C alone is inconclusive
+    df = {t: d for t, _, d in rep.tables}["table-factor-scheduler"].set_index("scheduler")
+    assert df["rank"].to_dict() == {"A": "1", "B": "2", "C": "3"}
+
+
+def test_verdicts_left_unprinted_are_counted_by_kind():
+    """Old: 15 conclusive verdicts over 6 levels printed 10, then "... and 5 more inconclusive pairs"."""
+    rng = np.random.default_rng(5)
+    runs = [_run({"scheduler": lvl}, s, 0.5 + 0.05 * i + rng.normal(0, 0.003)) for s in range(6)
+            for i, lvl in enumerate("ABCDEF")]
+    rep = _analyse(runs)
+    assert len(rep.verdicts) == 15 and all(v.conclusive for v in rep.verdicts)
+    lines = dict(rep.verdict_lines)["scheduler"]
+    assert lines[-1] == "... and 5 more pairs (5 conclusive; verdicts.csv lists every one)"
+
+
+def test_no_spread_sentences_say_what_the_numbers_allow():
+    """Old: equal accuracies on every seed were told "6 seeds that all agree would settle it" (a zero difference
+    never settles), and two constant unpaired levels "All 2 seeds differ by exactly the same amount"."""
+    runs = [_run({"scheduler": lvl}, s, x) for s, x in enumerate([0.80, 0.81, 0.82]) for lvl in "AB"]
+    (line,) = dict(_analyse(runs).verdict_lines)["scheduler"]
+    assert line.endswith("Both levels scored exactly the same on every one of the 3 seeds: there is no difference "
+                         "here to settle.")
+    runs = [_run({"scheduler": "A"}, s, 0.8) for s in (0, 1)] + [_run({"scheduler": "B"}, s, 0.7) for s in (5, 6, 7)]
+    (line,) = dict(_analyse(runs).verdict_lines)["scheduler"]
+    assert "(no seed ran both)" in line and "exact adjusted p = 0.1;" in line
+    # 2 / C(8, 4) = 0.029 <= 0.05 < 2 / C(6, 3) = 0.1: four seeds per level
+    assert line.endswith("Each level scored the same on every one of its seeds (2 and 3), which leaves no spread to "
+                         "build an interval from; 4 seeds per level that all agree would settle it at this report's "
+                         "level.")
 
 
 # ----------------------------------------------------------------------------- shared fixtures

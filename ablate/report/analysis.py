@@ -38,7 +38,8 @@ class Report:
     n_expected: int | None  # runs the sweeps' grids asked for
     tables: list[tuple[str, str, pd.DataFrame]] = field(default_factory=list)  # (id, title, display)
     verdicts: list[vd.Verdict] = field(default_factory=list)  # every comparison stated, one Holm family
-    untested: dict[tuple[str, str], int] = field(default_factory=dict)  # (factor, within) -> pairs too few to test
+    # (factor, within) -> why (verdicts.TOO_FEW, verdicts.CONFOUNDED) -> the pairs of levels not tested
+    untested: dict[tuple[str, str], dict[str, list[tuple[str, str]]]] = field(default_factory=dict)
     verdict_lines: list[tuple[str, list[str]]] = field(default_factory=list)  # (factor, lines) for people
     notes: list[str] = field(default_factory=list)  # header lines: how to read this report's numbers
     warnings: list[str] = field(default_factory=list)
@@ -253,14 +254,36 @@ def _factor_lines(rep: Report, key: str, levels: Sequence[str]) -> list[str]:
             lines.append(f"Within each level of {', '.join(o for o in rep.keys if o != key)}:")
         lines += [vd.verdict_line(v, chance) for v in vs[:MAX_VERDICTS]]
         if len(vs) > MAX_VERDICTS:
-            lines.append(f"... and {len(vs) - MAX_VERDICTS} more inconclusive pairs"
-                         f"{f' within {within}' if within else ''} (verdicts.csv lists every one)")
-        if rep.untested.get((key, within)):
-            n = rep.untested[(key, within)]
-            lines.append(f"{n} pair{'s' if n != 1 else ''} of levels{f' within {within}' if within else ''} "
-                         f"cannot be compared: fewer than 2 finished seeds on a side and fewer than 2 shared; "
-                         f"run at least 2 seeds of each level (trainer.seed=0,1,2)")
+            lines.append(_more(vs[MAX_VERDICTS:], within))
+        lines += _untested_lines(rep, key, within)
     return lines + vd.disagreements(mine)
+
+
+def _more(rest: Sequence[vd.Verdict], within: str) -> str:
+    """The line that stands for the verdicts not printed, saying how many of them are conclusive."""
+    kinds = {"conclusive": sum(v.conclusive for v in rest), "identical": sum(v.identical is not None for v in rest)}
+    kinds["inconclusive"] = len(rest) - sum(kinds.values())
+    said = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+    return (f"... and {len(rest)} more pair{'s' if len(rest) != 1 else ''}{f' within {within}' if within else ''}"
+            f" ({said}; verdicts.csv lists every one)")
+
+
+def _untested_lines(rep: Report, key: str, within: str) -> list[str]:
+    """Why pairs of levels with results have no verdict: too few seeds, or confounded with another factor."""
+    why = rep.untested.get((key, within), {})
+    where = f" within {within}" if within else ""
+    lines = []
+    if n := len(why.get(vd.TOO_FEW, [])):
+        lines.append(f"{n} pair{'s' if n != 1 else ''} of levels{where} cannot be compared: fewer than 2 finished "
+                     f"seeds on a side and fewer than 2 shared; run at least 2 seeds of each level "
+                     f"(trainer.seed=0,1,2)")
+    if pairs := why.get(vd.CONFOUNDED, []):
+        others = ", ".join(o for o in rep.keys if o != key)
+        named = "; ".join(f"{a} vs {b}" for a, b in pairs[:5]) + (f"; and {len(pairs) - 5} more" if len(pairs) > 5 else "")
+        lines.append(f"Not compared pooled ({named}): each pair shares fewer than two ({others}, seed) units and ran the "
+                     f"levels of {others} in different shares, so a difference could come from {others} as well as "
+                     f"from {key}; sweep both over the same {others} levels, or read the within-level verdicts")
+    return lines
 
 
 def _why_none(rep: Report, key: str, level: str) -> str:
@@ -298,11 +321,13 @@ def _notes(rep: Report) -> list[str]:
                   f"the chance of any false 'beats' in this report is at most {100 * rep.alpha:.4g}%")
         notes.append(
             f"Verdicts: paired t on the units both levels ran (a unit is a seed, with the other factors' levels "
-            f"when several vary), Welch t where two levels share no seeds; {family}. Conclusive = "
+            f"when several vary), Welch t where two levels share fewer than two (with the other factors' levels "
+            f"in equal shares, else they are not compared pooled); {family}. Conclusive = "
             f"{'Holm-adjusted ' if n > 1 else ''}p <= {rep.alpha:.4g}; each interval is printed at the level "
             f"{'Holm tested it at' if n > 1 else 'of the test'}, so it excludes zero exactly when the verdict is "
             f"conclusive. Ranks come from these verdicts: rank = 1 + the number of levels that conclusively beat "
-            f"it; levels nothing separates share a rank (=k).")
+            f"it, directly or through a chain (A beats B beats C ranks C third); levels no verdict separates share "
+            f"a rank (=k).")
     return notes
 
 

@@ -23,8 +23,9 @@ from .runs import Run
 PANEL_ROLES = ("best", "worst")
 PANEL_FILES = {"confusion": "confusion.png", "confusion_csv": "confusion.csv", "gradcam": "gradcam.png"}
 PANELS_TITLE = "Best vs worst arm: what they look at"
-PANELS_INTRO = ("The best and the worst arm by mean final test accuracy, one representative run each (the seed "
-                "closest to the arm's mean), reloaded from model.pt on the CPU: the confusion matrix on the whole "
+PANELS_INTRO = ("The best and the worst arm by mean final test accuracy (the tables' mean: a diverged run counts at "
+                "chance), one representative run each (the finished seed closest to the mean of the arm's finished "
+                "seeds), reloaded from model.pt on the CPU: the confusion matrix on the whole "
                 "test set (rows: true class) and Grad-CAM on the same fixed test images (the first of each class "
                 "in turn), for the predicted class (red title: a wrong prediction) and for the true class.")
 
@@ -122,4 +123,13 @@ def panel_lines(rep: Report, p: ArmPanel, code: Callable[[str], str] = str) -> t
         return head, f"No panel: {p.skipped}."
     r = p.run
     return head, (f"Drawn from run {code(r.name)} (seed {r.seed}, final test accuracy "
-                  f"{pct(r.final_test_acc)} %: the seed closest to the arm's mean).")
+                  f"{pct(r.final_test_acc)} %: {_closest(rep, p)}).")
+
+
+def _closest(rep: Report, p: ArmPanel) -> str:
+    """Which mean the drawn run is closest to: the arm's, or its finished seeds' when some did not finish."""
+    runs = rep.arms[p.arm]
+    ok = [r.final_test_acc for r in runs if r.counted]
+    if all(r.counted for r in runs if r.result is not None):  # the tables' mean is the finished runs' mean
+        return "the seed closest to the arm's mean"
+    return f"the finished seed closest to the mean of the arm's {len(ok)} finished seeds, {pct(statistics.fmean(ok))} %"

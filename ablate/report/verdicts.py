@@ -4,7 +4,8 @@ The rules (the report prints them):
 
 - Two levels of a factor are compared on units (seed, plus the other factors' levels) that differ
   in that factor only: paired t on the units both levels ran (at least two), else Welch's t on all
-  of each level's units (:func:`ablate.stats.compare`).
+  of each level's units (:func:`ablate.stats.compare`), but only when the other factors' levels
+  make up the same shares of both; otherwise the pair is not compared (it is confounded).
 - Every pair of a factor's levels is compared, pooled over the other factors and, with two or
   more factors, within each combination of the other factors' levels; all of them, over all
   factors, are ONE Holm family (:func:`ablate.stats.holm_family`). A verdict is conclusive when
@@ -12,7 +13,7 @@ The rules (the report prints them):
   tested it at, so it excludes zero exactly then. Adjusting only "the best level against the
   rest" ignores that the best was picked from the same data (9-13% false winners at 9 levels).
 - Ranks come from the pooled verdicts: rank = 1 + the number of levels that conclusively beat a
-  level; levels nothing separates share a rank, shown "=k".
+  level, directly or through a chain of verdicts; levels no verdict separates share a rank, "=k".
 - Levels whose runs trained identically on every shared unit are "identical here".
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -56,6 +58,7 @@ class Verdict:
     total_a: int = 0  # units of a in this comparison's scope, with a result or not
     total_b: int = 0
     unpartnered: int = 0  # units with a result left out of a paired comparison: the other level lacks that seed
+    shared: int = 0  # units both levels have results for (paired when at least two)
     identical: str | None = None  # why the two trained identically ("" when not visible); None: they did not
     seeds_needed: int | None = None  # inconclusive: seeds to settle the observed difference with POWER
     min_detectable: float | None = None  # inconclusive: the difference these seeds settle with POWER
@@ -85,10 +88,12 @@ def _alike(x: Run, y: Run) -> bool:
 
 
 def identical_reason(pairs: Sequence[tuple[Unit, Unit]], a: str, b: str) -> str | None:
-    """None unless every pair of units trained identically; then the likely reason where it is visible:
+    """None unless every pair of units (the paired comparison's) trained identically; then the likely reason where it is visible:
     two learning-rate schedules (the runs' ``scheduler`` configs differ) that applied the same rates."""
-    runs = [(x.counted[0], y.counted[0]) for x, y in pairs if x.counted and y.counted]
-    if not runs or not all(_alike(x, y) for x, y in runs):
+    if not pairs or not all(x.counted and y.counted for x, y in pairs):  # a diverged or failed run differs
+        return None
+    runs = [(x.counted[0], y.counted[0]) for x, y in pairs]
+    if not all(_alike(x, y) for x, y in runs):
         return None
     x, y = runs[0]
     if x.config.get("scheduler") == y.config.get("scheduler") or "lr" not in x.epochs:
@@ -101,27 +106,41 @@ def identical_reason(pairs: Sequence[tuple[Unit, Unit]], a: str, b: str) -> str 
     return f"{a} and {b} applied the same learning rate in every epoch"
 
 
-def compare_units(factor: str, within: str, a: str, b: str, ua: dict[Any, Unit], ub: dict[Any, Unit],
-                  unit: str) -> Verdict | None:
-    """``a`` against ``b`` on their units (a family of one; adjust with :func:`adjust`), oriented so that
-    the level ahead comes first: paired on the units both have results for (at least two), else Welch.
-    None when no test is possible (fewer than two results on a side and fewer than two shared)."""
+TOO_FEW = "too few"  # why a pair of levels is not compared: fewer than two results on a side, fewer than two shared
+CONFOUNDED = "confounded"  # ... or nothing shared and the other factors' levels not balanced between them
+
+
+def _balanced(ka: Collection[tuple], kb: Collection[tuple]) -> bool:
+    """Whether each context (a unit key less its seed: the other factors' levels) holds the same share of both
+    levels' units. Only then does an unpaired difference of means not mix in the other factors' effects."""
+    ca, cb = Counter(k[:-1] for k in ka), Counter(k[:-1] for k in kb)
+    return all(ca[c] * len(kb) == cb[c] * len(ka) for c in ca.keys() | cb.keys())
+
+
+def compare_units(factor: str, within: str, a: str, b: str, ua: dict[tuple, Unit], ub: dict[tuple, Unit],
+                  unit: str) -> Verdict | str:
+    """``a`` against ``b`` on their units (keyed by the other factors' levels plus the seed; a family of one:
+    adjust with :func:`adjust`), oriented so that the level ahead comes first: paired on the units both have
+    results for (at least two), else Welch when the other factors' levels are balanced between them. Else
+    why no test is possible: :data:`TOO_FEW` or :data:`CONFOUNDED`."""
     va = {k: v for k, u in ua.items() if (v := u.value) is not None}
     vb = {k: v for k, u in ub.items() if (v := u.value) is not None}
     shared = [k for k in va if k in vb]
     paired = len(shared) >= 2
     if not paired and min(len(va), len(vb)) < 2:
-        return None
+        return TOO_FEW
+    if not paired and not _balanced(va, vb):
+        return CONFOUNDED
     xa, xb = ([va[k] for k in shared], [vb[k] for k in shared]) if paired else (list(va.values()), list(vb.values()))
     if np.mean(xa) < np.mean(xb):  # the level ahead first
         a, b, ua, ub, xa, xb = b, a, ub, ua, xb, xa
     c = stats.compare(xa, xb, paired)
-    same = identical_reason([(ua[k], ub[k]) for k in shared], a, b) if shared else None
+    same = identical_reason([(ua[k], ub[k]) for k in shared], a, b) if paired else None
     return Verdict(factor, within, a, b, c, unit,
                    excluded_a=sum(u.value is None for u in ua.values()),
                    excluded_b=sum(u.value is None for u in ub.values()),
                    diverged_a=sum(u.diverged for u in ua.values()), diverged_b=sum(u.diverged for u in ub.values()),
-                   total_a=len(ua), total_b=len(ub),
+                   total_a=len(ua), total_b=len(ub), shared=len(shared),
                    unpartnered=len(va) + len(vb) - 2 * len(shared) if paired else 0, identical=same)
 
 
@@ -130,12 +149,13 @@ def _unit_words(others: Sequence[str]) -> str:
 
 
 def family(keys: Sequence[str], units: dict[tuple[str, ...], dict[Any, Unit]]
-           ) -> tuple[list[Verdict], dict[tuple[str, str], int]]:
+           ) -> tuple[list[Verdict], dict[tuple[str, str], dict[str, list[tuple[str, str]]]]]:
     """Every comparison the report states, unadjusted: for each factor, every pair of its levels that can
     be tested, pooled over the other factors and within each combination of their levels; and, per
-    (factor, within), how many pairs of levels with results could not be tested (too few seeds)."""
+    (factor, within), the pairs of levels with results that could not be tested, by why
+    (:data:`TOO_FEW`, :data:`CONFOUNDED`)."""
     out: list[Verdict] = []
-    untested: dict[tuple[str, str], int] = {}
+    untested: dict[tuple[str, str], dict[str, list[tuple[str, str]]]] = {}
     for i, k in enumerate(keys):
         others = [o for o in keys if o != k]
         scopes: dict[tuple[str, ...], dict[str, dict[Any, Unit]]] = {}  # within -> level -> unit key -> unit
@@ -151,8 +171,8 @@ def family(keys: Sequence[str], units: dict[tuple[str, ...], dict[Any, Unit]]
             unit = _unit_words(others if not rest else [])
             for a, b in itertools.combinations(have, 2):
                 v = compare_units(k, within, a, b, levels[a], levels[b], unit)
-                if v is None:
-                    untested[(k, within)] = untested.get((k, within), 0) + 1
+                if isinstance(v, str):
+                    untested.setdefault((k, within), {}).setdefault(v, []).append((a, b))
                 else:
                     out.append(v)
     return out, untested
@@ -170,7 +190,7 @@ def _settle(v: Verdict, level: float) -> Verdict:
     c = v.c
     if v.conclusive or v.identical is not None or not (c.se > 0 and math.isfinite(c.se)):
         return v
-    n = c.n_a if c.paired else int(2 / (1 / c.n_a + 1 / c.n_b))
+    n = c.n_a if c.paired else round(2 / (1 / c.n_a + 1 / c.n_b))  # unequal levels: their harmonic mean
     need = stats.seeds_needed(c.sd, c.diff, level, POWER, c.paired, max_n=MAX_SEEDS)
     return replace(v, seeds_needed=need, min_detectable=c.sd * _min_detectable_per_sd(n, level, c.paired))
 
@@ -214,7 +234,9 @@ def _how(v: Verdict) -> str:
                    f"left out"
         return how
     seeds = "seeds" if v.unit == "seeds" else "runs"
-    return f"{c.method} on {c.n_a} vs {c.n_b} {seeds} (no shared seeds to pair on)"
+    one = v.unit.removesuffix("s")  # "seed", "(model, seed) pair"
+    why = f"no {one} ran both" if not v.shared else f"only 1 {one} ran both; pairing needs 2"
+    return f"{c.method} on {c.n_a} vs {c.n_b} {seeds} ({why})"
 
 
 def _survivors(v: Verdict, chance: dict[str, float | None]) -> list[str]:
@@ -236,16 +258,24 @@ def settle_sentence(v: Verdict) -> str:
     c = v.c
     level = 1 - c.confidence
     if c.se == 0:
-        return (f"All {c.n_a} {v.unit} differ by exactly the same amount, which leaves no spread to build an "
-                f"interval from; {_smallest_exact_n(c, level)} {v.unit} that all agree would settle it at this "
-                f"report's level.")
+        if c.p_value == 1:  # no difference at all, and none to settle
+            same = f"on every one of the {c.n_a} {v.unit}" if c.paired else f"on each of its {c.n_a} and {c.n_b} seeds"
+            return f"Both levels scored exactly the same {same}: there is no difference here to settle."
+        if c.paired:
+            return (f"All {c.n_a} {v.unit} differ by exactly the same amount, which leaves no spread to build an "
+                    f"interval from; {_smallest_exact_n(c, level)} {v.unit} that all agree would settle it at this "
+                    f"report's level.")
+        return (f"Each level scored the same on every one of its seeds ({c.n_a} and {c.n_b}), which leaves no "
+                f"spread to build an interval from; {_smallest_exact_n(c, level)} seeds per level that all agree "
+                f"would settle it at this report's level.")
     n = f"{c.n_a} {v.unit}" if c.paired else f"{c.n_a} and {c.n_b} seeds"
     if v.min_detectable >= 1:  # a spread this wide (e.g. a diverged seed at chance) hides any accuracy difference
         cannot = f"With {n} and this spread, no difference in accuracy can be told apart"
     else:
         cannot = f"With {n}, differences under {pts(v.min_detectable)} points cannot be told apart"
     if v.seeds_needed is None:
-        return f"{cannot}; not even {MAX_SEEDS} seeds would settle a difference this small."
+        return f"{cannot}; not even {MAX_SEEDS}{f' {v.unit}' if c.paired else ' seeds per level'} would settle a " \
+               f"difference this small."
     per = f" {v.unit}" if c.paired else " seeds per level"
     return f"{cannot}; about {v.seeds_needed}{per} would settle this one."
 
