@@ -148,12 +148,13 @@ def write_run(sweep: Path, overrides: Sequence[str] = (), test_acc: Sequence[flo
     return run
 
 
-def write_multirun(sweep: Path, task: Sequence[str]) -> None:
-    """``multirun.yaml`` as Hydra's basic sweeper leaves it (the part the report reads)."""
+def write_multirun(sweep: Path, task: Sequence[str], params: Mapping[str, str] | None = None) -> None:
+    """``multirun.yaml`` as Hydra's basic sweeper leaves it (the part the report reads); ``params``: a
+    preset's ``hydra.sweeper.params``."""
     Path(sweep).mkdir(parents=True, exist_ok=True)
     (Path(sweep) / "multirun.yaml").write_text(yaml.safe_dump({
         "hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-                              "max_batch_size": None, "params": None},
+                              "max_batch_size": None, "params": dict(params) if params else None},
                   "overrides": {"task": list(task)}}}))
 
 

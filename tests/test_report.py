@@ -453,6 +453,23 @@ def test_best_and_worst_arm_and_their_representative_runs(tmp_path):
         one / "report" / "report.md").read_text()
 
 
+def test_a_preset_narrowed_on_the_command_line_expects_what_was_launched(tmp_path):
+    """Old: experiment=homework_structures (params: 9 structures x 3 seeds) narrowed to structure=base,shallow,deep
+    trainer.seed=0,1 launched 6 runs; the report multiplied both lists: "6 found of 162 expected", "2 / 3"."""
+    sweep = tmp_path / "s"
+    rundirs.write_multirun(sweep, ["experiment=homework_structures", "structure=base,shallow,deep",
+                                   "trainer.seed=0,1"],
+                           params={"structure": "base,shallow,deep,wide,narrow,no_bn,no_pool,k5,dropout",
+                                   "trainer.seed": "0,1,2", "optimizer.lr": "0.001"})
+    for lvl in ("base", "shallow", "deep"):
+        for seed in (0, 1):
+            rundirs.write_run(sweep, [f"structure={lvl}", f"trainer.seed={seed}"], rundirs.curve(0.8))
+    rep = report.build([sweep], plots=False)
+    assert "- Runs: 6 found of 6 expected" in report.markdown(rep)
+    df = {t: d for t, _, d in rep.tables}["table-factor-structure"]
+    assert set(df["results / expected"]) == {"2 / 2"}
+
+
 def test_a_panel_says_which_mean_its_run_is_closest_to(tmp_path):
     """Old: "Worst arm: ... (mean 65.50 %)" (a diverged seed at chance) over "Drawn from run ... (84.00 %: the
     seed closest to the arm's mean)": the run is the finished seeds' closest, and now the line says so."""

@@ -334,19 +334,17 @@ def sweep_plan(sweep: Path) -> tuple[dict[str, list[str]], int] | None:
         target = str((hyd.get("sweeper") or {}).get("_target_", ""))
         if target and "BasicSweeper" not in target:
             return None  # Optuna and friends sample: the job count is not a grid
-        task = list(hyd["overrides"]["task"])
         params = (hyd.get("sweeper") or {}).get("params") or {}
-        task += [f"{k}={v}" for k, v in params.items()]
+        task = [*(f"{k}={v}" for k, v in params.items()), *hyd["overrides"]["task"]]
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        values: dict[str, list[str]] = {}
-        n = 1
-        for o in OverridesParser.create().parse_overrides(task):
+        last = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(task)}  # Hydra's rule: the
+        values: dict[str, list[str]] = {}  # command line's value of a key the preset's params also sweep
+        for key, o in last.items():
             if o.is_sweep_override():
                 if not o.is_discrete_sweep():
                     return None
-                values[o.key_or_group] = list(o.sweep_string_iterator())
-                n *= len(values[o.key_or_group])
-        return values, n
+                values[key] = list(o.sweep_string_iterator())
+        return values, math.prod(len(v) for v in values.values())
     except Exception:  # an unreadable or unusual multirun.yaml: fall back to what was found
         return None
