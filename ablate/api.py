@@ -75,9 +75,16 @@ def sweep(overrides: Sequence[str] = (), sweep_dir: Optional[Path | str] = None,
 # ----------------------------------------------------------------------------- results as tables
 def run_dirs(sweeps: Path | str | Iterable[Path | str]) -> list[Path]:
     """The run directories of one or more sweep directories (a run directory stands for itself), found as the
-    report finds them."""
+    report finds them; ``FileNotFoundError`` when a path is not a directory or none holds a run."""
     roots = [Path(sweeps)] if isinstance(sweeps, (str, Path)) else [Path(s) for s in sweeps]
-    return [run for root in roots for run in rundir.find_runs(root)]
+    for root in roots:  # a mistyped path is an error here, as in ablate.report, not an empty table
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root} is not a directory: pass a sweep directory or a run directory")
+    runs = [run for root in roots for run in rundir.find_runs(root)]
+    if not runs:
+        raise FileNotFoundError(f"no run directories under {', '.join(map(str, roots))} (a run directory holds "
+                                f"summary.json, epochs.csv or .hydra/)")
+    return runs
 
 
 def _value(v: str) -> Any:

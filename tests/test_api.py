@@ -70,6 +70,17 @@ def test_load_runs_is_one_row_per_run_with_its_overrides(tmp_path):
     assert sorted(ablate.load_runs(tmp_path / "grid").final_test_acc) == [0.6, 0.65]
 
 
+def test_a_path_with_no_runs_is_an_error_not_an_empty_table(tmp_path):
+    """Old: a mistyped path gave an empty DataFrame with no columns, and the README's next line (a groupby on
+    "scheduler") failed with a KeyError far from the cause."""
+    for load in (ablate.load_runs, ablate.load_epochs):
+        with pytest.raises(FileNotFoundError, match=r"/nosuch is not a directory: pass a sweep directory"):
+            load(tmp_path / "nosuch")
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(FileNotFoundError, match=r"no run directories under .*/empty \(a run directory holds"):
+            load(tmp_path / "empty")
+
+
 def test_load_epochs_is_one_row_per_run_and_epoch(tmp_path):
     sweep = rundirs.sweep(tmp_path / "sweep", FINALS)
     rundirs.write_run(sweep, ["scheduler=plateau", "trainer.seed=0"], [0.5, 0.6], epochs_planned=5,
