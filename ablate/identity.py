@@ -63,7 +63,8 @@ def is_factor_key(key: str) -> bool:
 
 
 def check_sweep(overrides: Sequence[str]) -> None:
-    """Refuse a sweep over a key outside the run's identity: its jobs would share one run directory.
+    """Refuse a sweep over a key outside the run's identity (``hydra.*`` aside): its jobs would share one run
+    directory.
 
     ``overrides`` are the command line's (``trainer.cuda_graph=true,false``) and a preset's sweeper
     params; one-line ConfigError saying what to do instead."""
@@ -76,11 +77,14 @@ def check_sweep(overrides: Sequence[str]) -> None:
         except Exception:  # noqa: BLE001  (Hydra itself reports unparsable overrides)
             continue
         key = o.key_or_group
-        if o.is_sweep_override() and key.split(".", 1)[0] in RUN_GROUPS and not is_identity_key(key):
-            raise ConfigError(
-                f"{key} is swept, but it says how a run executes, not what it is: every value would land in "
-                f"the same run directory; launch one sweep per value (hydra.sweep.dir=...) and compare them "
-                f"with python -m ablate.report SWEEP_A SWEEP_B --out DIR")
+        if not o.is_sweep_override() or is_identity_key(key) or key.startswith("hydra"):
+            continue
+        what = ("says how a run executes" if key.split(".", 1)[0] in RUN_GROUPS else
+                "says where data is read or how runs are logged and reported")
+        raise ConfigError(
+            f"{key} is swept, but it {what}, not what a run is: every value would land in the same run "
+            f"directory; launch one sweep per value (hydra.sweep.dir=...) and compare them with "
+            f"python -m ablate.report SWEEP_A SWEEP_B --out DIR")
 
 
 def config_hash(cfg: DictConfig | dict) -> str:

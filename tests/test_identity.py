@@ -8,6 +8,7 @@ import pytest
 
 from ablate import rundir
 from ablate.compose import compose
+from ablate.config import ConfigError
 from ablate.identity import (BOOKKEEPING_KEYS, EXECUTION_KEYS, check_sweep, config_hash, is_factor_key,
                              is_identity_key, job_dirname)
 from conftest import make_cfg, run_cli
@@ -52,6 +53,11 @@ def test_sweeping_an_execution_option_is_refused_by_name():
     check_sweep(["scheduler=step,cosine", "trainer.seed=0,1", "trainer.device=cpu"])  # fine
     with pytest.raises(Exception, match="trainer.cuda_graph is swept"):
         check_sweep(["scheduler=step", "trainer.cuda_graph=true,false"])
+    # Old: keys outside the run's groups passed, and data.root=/a,/b trained once and skipped once in one directory.
+    for swept in ("data.root=/a,/b", "logger=csv,tensorboard", "report.confidence=0.9,0.95"):
+        with pytest.raises(ConfigError, match=f"{swept.split('=')[0]} is swept, but it says where data is read"):
+            check_sweep(["scheduler=step", swept])
+    check_sweep(["hydra/launcher=basic", "+variant=base,dropout", "structure=base,deep"])  # fine
 
 
 @pytest.mark.slow
