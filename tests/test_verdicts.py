@@ -511,6 +511,20 @@ def test_no_spread_sentences_say_what_the_numbers_allow():
                          "level.")
 
 
+def test_intervals_stay_within_what_accuracies_allow():
+    """Old: 2 seeds that disagreed printed "CI -4859.40 to +4880.80 points" (t with 1 df), and the forest plot's
+    axis stretched to match. An accuracy difference lies within +-100 points, so the interval is cut there."""
+    runs = [_run({"scheduler": "A"}, 0, 0.90), _run({"scheduler": "A"}, 1, 0.40),
+            _run({"scheduler": "B"}, 0, 0.60), _run({"scheduler": "B"}, 1, 0.60)]
+    rep = _analyse(runs)
+    (v,) = rep.verdicts
+    raw = stats.compare([0.90, 0.40], [0.60, 0.60], paired=True)
+    assert raw.ci_low < -1 and raw.ci_high > 1  # what t on 1 df gives
+    assert (v.c.ci_low, v.c.ci_high, v.conclusive) == (-1.0, 1.0, False)
+    (line,) = dict(rep.verdict_lines)["scheduler"]
+    assert "95% CI -100.00 to +100.00" in line
+
+
 # ----------------------------------------------------------------------------- shared fixtures
 FINALS = {"step": [0.80, 0.82, 0.81], "cosine": [0.83, 0.84, 0.845], "plateau": [0.805, 0.83, 0.80]}
 
