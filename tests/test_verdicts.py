@@ -525,6 +525,21 @@ def test_intervals_stay_within_what_accuracies_allow():
     assert "95% CI -100.00 to +100.00" in line
 
 
+def test_a_one_seed_grid_says_once_per_factor_what_cannot_be_compared():
+    """Old: a 3 x 3 grid on one seed printed "3 pairs of levels within scheduler=x cannot be compared: ..." once
+    per level of the other factor, the same sentence three times over for each factor."""
+    runs = [_run({"model": m, "scheduler": sch}, 0, 0.8 + 0.01 * i + 0.003 * j)
+            for i, m in enumerate("abc") for j, sch in enumerate("xyz")]
+    rep = _analyse(runs)
+    for key, other in (("model", "scheduler"), ("scheduler", "model")):
+        lines = dict(rep.verdict_lines)[key]
+        said = [x for x in lines if "cannot be compared" in x]
+        assert said == [f"9 pairs of levels within 3 of the levels of {other} cannot be compared: fewer than 2 "
+                        f"finished seeds on a side and fewer than 2 shared; run at least 2 seeds of each level "
+                        f"(trainer.seed=0,1,2)"]
+        assert lines.index(f"Within each level of {other}:") < lines.index(said[0])
+
+
 # ----------------------------------------------------------------------------- shared fixtures
 FINALS = {"step": [0.80, 0.82, 0.81], "cosine": [0.83, 0.84, 0.845], "plateau": [0.805, 0.83, 0.80]}
 

@@ -23,6 +23,8 @@ from . import verdicts as vd
 from .runs import FLAG_ADVICE, FLAGS, GAP_SOURCES, RESULT_RULE, SEED_KEY, Run, num, sweep_plan
 from .units import REPEAT_RULE, Unit, mixed_configs, unit_stats, units_of
 
+TOO_FEW_WHY = ("fewer than 2 finished seeds on a side and fewer than 2 shared; run at least 2 seeds of each level "
+               "(trainer.seed=0,1,2)")
 MAX_VERDICTS = 10  # verdict lines printed per factor and scope; verdicts.csv has every one
 
 
@@ -255,7 +257,13 @@ def _factor_lines(rep: Report, key: str, levels: Sequence[str]) -> list[str]:
         lines += [vd.verdict_line(v, chance) for v in vs[:MAX_VERDICTS]]
         if len(vs) > MAX_VERDICTS:
             lines.append(_more(vs[MAX_VERDICTS:], within))
-        lines += _untested_lines(rep, key, within)
+        if not within:
+            lines += _untested_pooled(rep, key)
+    few = [len(why.get(vd.TOO_FEW, [])) for (f, w), why in rep.untested.items() if f == key and w]
+    if sum(few):  # one line for every level of the others (a one-seed grid would say it once per level)
+        n, where = sum(few), f"{sum(map(bool, few))} of the levels of {', '.join(o for o in rep.keys if o != key)}"
+        lines.append(f"{n} pair{'s' if n != 1 else ''} of levels within {where} cannot be compared: "
+                     f"{TOO_FEW_WHY}")
     return lines + vd.disagreements(mine)
 
 
@@ -268,15 +276,12 @@ def _more(rest: Sequence[vd.Verdict], within: str) -> str:
             f" ({said}; verdicts.csv lists every one)")
 
 
-def _untested_lines(rep: Report, key: str, within: str) -> list[str]:
-    """Why pairs of levels with results have no verdict: too few seeds, or confounded with another factor."""
-    why = rep.untested.get((key, within), {})
-    where = f" within {within}" if within else ""
+def _untested_pooled(rep: Report, key: str) -> list[str]:
+    """Why pooled pairs of levels with results have no verdict: too few seeds, or confounded with another factor."""
+    why = rep.untested.get((key, ""), {})
     lines = []
     if n := len(why.get(vd.TOO_FEW, [])):
-        lines.append(f"{n} pair{'s' if n != 1 else ''} of levels{where} cannot be compared: fewer than 2 finished "
-                     f"seeds on a side and fewer than 2 shared; run at least 2 seeds of each level "
-                     f"(trainer.seed=0,1,2)")
+        lines.append(f"{n} pair{'s' if n != 1 else ''} of levels cannot be compared: {TOO_FEW_WHY}")
     if pairs := why.get(vd.CONFOUNDED, []):
         others = ", ".join(o for o in rep.keys if o != key)
         named = "; ".join(f"{a} vs {b}" for a, b in pairs[:5]) + (f"; and {len(pairs) - 5} more" if len(pairs) > 5 else "")
