@@ -279,6 +279,9 @@ class ReportConf:
         require(self.smoothing < 1.0, "report.smoothing", self.smoothing, "must be < 1")
 
 
+MAX_INSPECT_IMAGES = 64  # rows of one feature-map or Grad-CAM figure that stay readable and quick to draw
+
+
 @dataclass
 class InspectConf:
     """What ``python -m ablate.inspect RUN_DIR`` draws (``conf/inspect.yaml``)."""
@@ -293,6 +296,9 @@ class InspectConf:
 
     def __post_init__(self) -> None:
         positive("inspect", self, "images", "channels", "batch_size")
+        require(self.images <= MAX_INSPECT_IMAGES, "inspect.images", self.images,
+                f"at most {MAX_INSPECT_IMAGES}: each image is a row of the figures, and drawing grows faster than "
+                f"the rows (256 took minutes and gigabytes)")
 
 
 @dataclass

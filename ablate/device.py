@@ -17,12 +17,13 @@ import torch
 from .config import ConfigError, TrainerConf
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; asking for CUDA without it is a ConfigError."""
+def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; asking for CUDA without it is a ConfigError naming ``key``
+    (the option the user set)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name!r} is invalid: CUDA is not available here; use trainer.device=cpu")
+        raise ConfigError(f"{key}={name!r} is invalid: CUDA is not available here; use {key}=cpu")
     return torch.device(name)
 
 

@@ -331,6 +331,9 @@ def test_sweep_job_dir_named_like_overrides_is_a_run(run_dir, tmp_path, capsys):
     (["{empty}"], "has no .hydra/config.yaml"),
     (["no/such/dir"], "neither a run directory nor an override"),
     (["model=nosuch"], "Could not find 'model/nosuch'"),
+    (["{run}", "inspect.images=100000"], "inspect.images=100000 is invalid: at most 64"),
+    pytest.param(["{run}", "inspect.device=cuda"], "inspect.device='cuda' is invalid: CUDA is not available here; "
+                 "use inspect.device=cpu", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),
 ])
 def test_cli_errors_are_one_line(run_dir, tmp_path, args, message):
     r = cli(*(a.format(run=run_dir, empty=tmp_path) for a in args))

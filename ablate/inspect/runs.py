@@ -77,7 +77,7 @@ def load_run(run_dir: Path | str, data_overrides: Optional[dict] = None, device:
         if key not in cfg:
             raise InspectError(f"{cfg_path} has no {key!r} section")
     data = _load_data(cfg)
-    dev = resolve_device(device)
+    dev = resolve_device(device, key="inspect.device")
     model = build_model(cfg.model, data.channels, data.image_size, data.num_classes)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
