@@ -102,5 +102,5 @@ def validate(cfg: Any) -> dict[str, Any]:
     if check_input is not None:
         channels, h, w, _ = data.dataset_shape(groups["dataset"])
         check_input(channels, (h, w))
-    data.check_dataset(groups["dataset"], groups["data"])
+    t.check_split(data.check_dataset(groups["dataset"], groups["data"]))
     return groups

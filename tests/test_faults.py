@@ -564,6 +564,7 @@ def test_a_dry_run_checks_what_a_launch_checks(tmp_path):
     ["model.conv_channels=[32,64,128,256,512,1024]"],  # the 28x28 images shrink to nothing
     ["dataset.val_size=0.999"],  # the validation split takes the last image of four classes
     ["dataset.mean=[0.5,0.5]", "dataset.std=[0.5,0.5]"],  # two channels' constants for a one-channel data set
+    ["trainer.batch_size=100000"],  # drop_last: never one full batch of the 5,400 training images
 ])
 def test_a_dry_run_refuses_with_the_launchs_own_line(tmp_path, args):
     """Bad values a dry run once listed as new, while the launch refused them once it had loaded the data or
