@@ -79,12 +79,13 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config", return_h
 
 
 def validate(cfg: Any) -> dict[str, Any]:
-    """Every group typed and range-checked, then the checks that span groups, then the data set's files
-    present; the typed groups by name.
+    """Every group typed and range-checked, then the checks that span groups (the model against the data
+    set's image shape), then the data set's files present and its split against its class counts; the typed
+    groups by name.
 
     Raises a one-line :class:`ablate.config.ConfigError` naming the key, or a
     :class:`ablate.data.DataError` naming the missing file. This is what a launch,
-    and a dry run, check before anything is loaded or trained."""
+    and a dry run, check before anything is loaded or trained: no torch, no images read."""
     t = typed(cfg.trainer, TrainerConf)
     groups: dict[str, Any] = {
         "trainer": t,
@@ -97,5 +98,9 @@ def validate(cfg: Any) -> dict[str, Any]:
         "scheduler": optim.SCHEDULERS.typed(cfg.scheduler),
     }
     groups["scheduler"].check(t)
-    data.check_dataset(groups["dataset"], groups["data"])
+    check_input = getattr(groups["model"], "check_input", None)  # a model registered outside ablate may lack it
+    if check_input is not None:
+        channels, h, w, _ = data.dataset_shape(groups["dataset"])
+        check_input(channels, (h, w))
+    t.check_split(data.check_dataset(groups["dataset"], groups["data"]))
     return groups

@@ -186,6 +186,13 @@ class TrainerConf:
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                 "trainer.device", self.device, "must be auto, cpu, cuda or cuda:N")
 
+    def check_split(self, images: int) -> None:
+        """A batch larger than the ``images`` a run trains on: with ``drop_last`` that batch is never full, so
+        every image would be dropped (without it, each step is the whole split: a warning when the run starts)."""
+        require(not self.drop_last or self.batch_size <= images, "trainer.batch_size", self.batch_size,
+                f"exceeds the {images:,}-image training split, which trainer.drop_last=true would drop whole; "
+                f"use at most {images}, or trainer.drop_last=false to train on the whole split each step")
+
 
 @dataclass
 class RegularizationConf:

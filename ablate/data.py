@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from .config import DataConf, DatasetConf, require, typed
+from .split import check_split, hold_out, stratified_sample
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +35,7 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 MNIST_CLASSES = [str(i) for i in range(10)]
+MNIST_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # its 60,000 training images by digit
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -82,22 +84,26 @@ class TensorData:
 
 @dataclass(frozen=True)
 class Source:
-    """A data set format: the shape and classes it holds, its reader, and where the reader looks."""
+    """A data set format: the shape and classes it holds, its reader, and where the reader looks; what a
+    config is checked against before anything is loaded (:func:`check_dataset`)."""
 
     shape: tuple[int, int, int]  # channels, height, width of one image
     classes: tuple[str, ...]
     read: Callable[[str, Path, bool], tuple]  # (name, root, download) -> train_x, train_y, test_x, test_y
     find: Callable[[str, Path, bool], Optional[list[Path]]]  # its files; None: to download; DataError: absent
+    counts: tuple[int, ...]  # training images of each class, as published: stand in for labels not yet on disk
+    labels: Optional[Callable[[list[Path]], np.ndarray]] = None  # the training labels alone, from find's files
 
 
 SOURCES: dict[str, Source] = {}
 
 
 def source(name: str, shape: tuple[int, int, int], classes: list[str],
-           find: Callable[[str, Path, bool], Optional[list[Path]]]) -> Callable:
+           find: Callable[[str, Path, bool], Optional[list[Path]]], counts: Sequence[int],
+           labels: Optional[Callable[[list[Path]], np.ndarray]] = None) -> Callable:
     """Register a reader as ``dataset.source=<name>``: a new data set format is one reader plus one YAML."""
     def deco(read: Callable[[str, Path, bool], tuple]) -> Callable[[str, Path, bool], tuple]:
-        SOURCES[name] = Source(shape, tuple(classes), read, find)
+        SOURCES[name] = Source(shape, tuple(classes), read, find, tuple(counts), labels)
         return read
     return deco
 
@@ -155,11 +161,17 @@ def _find(directory: Path, name: str) -> Optional[Path]:
     return None
 
 
-def _check_labels(path: Path, y: np.ndarray, n_classes: int = 10) -> None:
+def _check_labels(path: Path, y: np.ndarray, n_classes: int = 10) -> np.ndarray:
     # A stray label would only surface later as an opaque (CUDA) assert in the loss.
     if len(y) and int(y.max()) >= n_classes:
         raise DataError(f"{path}: label {int(y.max())} out of range 0..{n_classes - 1}; the file is damaged or "
                         "foreign; fetch the data set again")
+    return y
+
+
+def _idx_labels(paths: list[Path]) -> np.ndarray:
+    """The training labels of :func:`_find_idx`'s files (train images, train labels, test images, test labels)."""
+    return _check_labels(paths[1], read_idx(paths[1], 1))
 
 
 def _idx_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -285,18 +297,20 @@ def _load_cifar10(name: str, root: Path, download: bool) -> tuple:
     return np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), tx, ty
 
 
-@source("fashion_mnist", (1, 28, 28), FASHION_CLASSES,
+@source("fashion_mnist", (1, 28, 28), FASHION_CLASSES, counts=[6000] * 10, labels=_idx_labels,
         find=lambda name, root, download: _find_idx(name, "FashionMNIST", root, download, (DEBIAN_FASHION_MNIST,)))
 def _read_fashion_mnist(name: str, root: Path, download: bool) -> tuple:
     return _load_idx(name, "FashionMNIST", root, download, (DEBIAN_FASHION_MNIST,))
 
 
-@source("mnist", (1, 28, 28), MNIST_CLASSES, find=lambda name, root, download: _find_idx(name, "MNIST", root, download))
+@source("mnist", (1, 28, 28), MNIST_CLASSES, counts=MNIST_COUNTS, labels=_idx_labels,
+        find=lambda name, root, download: _find_idx(name, "MNIST", root, download))
 def _read_mnist(name: str, root: Path, download: bool) -> tuple:
     return _load_idx(name, "MNIST", root, download)
 
 
-@source("cifar10", (3, 32, 32), CIFAR10_CLASSES, find=_find_cifar10)
+# No labels reader: CIFAR-10's labels share each pickled batch with its images, so the counts are the published ones.
+@source("cifar10", (3, 32, 32), CIFAR10_CLASSES, counts=[5000] * 10, find=_find_cifar10)
 def _read_cifar10(name: str, root: Path, download: bool) -> tuple:
     return _load_cifar10(name, root, download)
 
@@ -312,16 +326,28 @@ def _find_embedded(name: str, root: Path, download: bool) -> list[Path]:
     return [Path(str(EMBEDDED))]
 
 
-@source("embedded", (1, 28, 28), FASHION_CLASSES, find=_find_embedded)
-def _read_embedded(name: str, root: Path, download: bool) -> tuple:
-    """``ablate/_data/fashion_mnist_mini.npz``, checked like any data file: a damaged archive is one line."""
+def _embedded(*keys: str) -> list[np.ndarray]:
+    """Arrays of ``ablate/_data/fashion_mnist_mini.npz`` (each read alone), checked like any data file: a
+    damaged archive is one line."""
     try:
         with importlib.resources.as_file(EMBEDDED) as path, np.load(path) as z:
-            tx, ty, vx, vy = (z[k] for k in ("train_x", "train_y", "test_x", "test_y"))
+            return [z[k] for k in keys]
     except Exception as e:  # noqa: BLE001  (bit flips surface as BadZipFile, zlib.error, TokenError from the
         # array header, NotImplementedError, ...: whatever the library, the file is damaged)
         raise DataError(f"embedded: {EMBEDDED} missing or damaged ({type(e).__name__}: {str(e)[:120]}); "
                         f"{_REBUILD}") from None
+
+
+def _embedded_labels(paths: list[Path]) -> np.ndarray:
+    (y,) = _embedded("train_y")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"embedded: {EMBEDDED} is damaged (labels of shape {y.shape} {y.dtype}); {_REBUILD}")
+    return _check_labels(Path(str(EMBEDDED)), y)
+
+
+@source("embedded", (1, 28, 28), FASHION_CLASSES, counts=[600] * 10, labels=_embedded_labels, find=_find_embedded)
+def _read_embedded(name: str, root: Path, download: bool) -> tuple:
+    tx, ty, vx, vy = _embedded("train_x", "train_y", "test_x", "test_y")
     for x, y in ((tx, ty), (vx, vy)):
         if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y) \
                 or not np.issubdtype(y.dtype, np.integer):
@@ -332,41 +358,6 @@ def _read_embedded(name: str, root: Path, download: bool) -> tuple:
 
 
 # --------------------------------------------------------------------------- public
-def stratified_sample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Sorted indices of ``n`` items of ``y``: each class in proportion to its count (largest remainder;
-    every class at least once when ``n`` allows), drawn from a generator of its own ``seed``.
-
-    Each class's sample is the head of one fixed permutation of that class, so a larger ``n`` keeps
-    the items of a smaller one. Hand-written: scikit-learn's StratifiedShuffleSplit would be a new
-    dependency for ten lines, and it does not keep that nesting."""
-    require(0 <= n <= len(y), "sample size", n, f"must be in 0..{len(y)}")
-    classes, counts = np.unique(y, return_counts=True)
-    quota = n * counts / max(len(y), 1)
-    take = np.floor(quota).astype(np.int64)
-    if n >= len(classes):
-        take = np.maximum(take, 1)
-    short = n - int(take.sum())
-    if short > 0:  # largest remainders first (stable: ties go to the lower class id)
-        take[np.argsort(take - quota, kind="stable")[:short]] += 1
-    while take.sum() > n:  # the at-least-once rule overshot: give back from the largest classes
-        take[np.argmax(take)] -= 1
-    rng = np.random.default_rng(seed)
-    picks = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take)]
-    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
-
-
-def _hold_out(x: np.ndarray, y: np.ndarray, c: DatasetConf) -> tuple[np.ndarray, ...]:
-    """(train_x, train_y, val_x, val_y): a stratified ``dataset.val_size`` share of the training split held
-    out, drawn with ``dataset.split_seed`` (never the run's seed), so every run of a sweep sees the same split."""
-    held = stratified_sample(y, int(round(c.val_size * len(y))), c.split_seed)
-    keep = np.ones(len(y), dtype=bool)
-    keep[held] = False
-    lost = np.setdiff1d(np.unique(y), y[keep])
-    require(not len(lost), "dataset.val_size", c.val_size,
-            f"leaves class(es) {lost.tolist()} with no training image; lower it")
-    return x[keep], y[keep], x[held], y[held]
-
-
 def _subset(x: np.ndarray, y: np.ndarray, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     keep = np.isin(y, classes)
     remap = np.full(int(max(y.max(), max(classes))) + 1, -1, dtype=np.int64)
@@ -405,22 +396,32 @@ def _check_class_ids(c: DatasetConf, names: Sequence[str]) -> None:
     require(not bad, "dataset.classes", list(c.classes or []), f"label ids must be in 0..{len(names) - 1}")
 
 
-def check_dataset(cfg: Any, data: Any) -> None:
-    """Class ids fit the source, and its files are where the reader looks and open (or are to be downloaded).
-    Reads no data (every launch and dry run checks this); damage inside a file is found when a run loads it."""
+def check_dataset(cfg: Any, data: Any) -> int:
+    """Class ids fit the source, ``dataset.mean`` has one value per channel, the files are where the reader
+    looks and open (or are to be downloaded), and ``dataset.val_size`` leaves every class a training image;
+    returns how many images a run trains on. Reads no images (every launch and dry run checks this): the
+    class counts come from the labels alone where a source reads them so, else from its published counts
+    (CIFAR-10, a data set still to download). Damage inside a file is found when a run loads it."""
     c: DatasetConf = typed(cfg, DatasetConf)
     d: DataConf = typed(data, DataConf)
     src = source_of(c)
     _check_class_ids(c, src.classes)
-    for path in src.find(c.name, Path(d.root).expanduser(), d.download) or []:
+    channels = src.shape[0]
+    require(c.mean is None or len(c.mean) == channels, "dataset.mean", c.mean,
+            f"needs one value per channel ({channels})")
+    paths = src.find(c.name, Path(d.root).expanduser(), d.download)
+    for path in paths or []:
         try:
             open(path, "rb").close()
         except OSError as e:
             raise DataError(f"{path}: cannot be read ({e.strerror}); check its permissions") from None
+    counts = np.bincount(src.labels(paths), minlength=len(src.classes)) if paths and src.labels else np.array(src.counts)
+    return check_split(c, counts[list(c.classes)] if c.classes else counts)
 
 
 def load_dataset(cfg: Any, data: Any) -> TensorData:
-    """Load the configured data set into memory as uint8 tensors (one clear DataError if it can't)."""
+    """Load the configured data set into memory as uint8 tensors (one clear DataError if it can't). What
+    :func:`check_dataset` checks, a launch has checked before (:func:`ablate.compose.validate`)."""
     c: DatasetConf = typed(cfg, DatasetConf)
     d: DataConf = typed(data, DataConf)
     root = Path(d.root).expanduser()
@@ -437,8 +438,7 @@ def load_dataset(cfg: Any, data: Any) -> TensorData:
         mean, std = _stats(c.name, c.classes, tx, root)
     else:
         mean, std = list(c.mean), list(c.std)
-    require(len(mean) == tx.shape[1], "dataset.mean", mean, f"needs one value per channel ({tx.shape[1]})")
-    tx, ty, hx, hy = _hold_out(tx, ty, c)
+    tx, ty, hx, hy = hold_out(tx, ty, c)
     import torch
 
     t = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))  # noqa: E731

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .config import ConfigError, Registry, one_of, positive, probability, require
 
@@ -47,33 +47,11 @@ def _check_ints(key: str, values: Sequence[int], allow_empty: bool = False) -> N
             f"must be a {'' if allow_empty else 'non-empty '}list of integers > 0")
 
 
-class _Shape:
-    """Tracks (C, H, W) through a conv/pool stack so dense layers need no dry run."""
-
-    def __init__(self, model: str, channels: int, image_size: Sequence[int]) -> None:
-        h, w = (int(s) for s in image_size)
-        if channels <= 0 or h <= 0 or w <= 0:
-            raise ConfigError(f"model={model}: bad input shape {channels}x{h}x{w}")
-        self.model, self.c, self.h, self.w = model, channels, h, w
-        self.input = (channels, h, w)
-
-    def conv(self, out: int, k: int, padding: int) -> None:
-        self.c, self.h, self.w = out, self.h + 2 * padding - k + 1, self.w + 2 * padding - k + 1
-        self._check()
-
-    def pool(self, k: int = 2) -> None:
-        self.h, self.w = self.h // k, self.w // k
-        self._check()
-
-    def _check(self) -> None:
-        if self.h < 1 or self.w < 1:
-            c, h, w = self.input
-            raise ConfigError(f"model={self.model}: input {c}x{h}x{w} shrinks to nothing in the conv/pool "
-                              "stack; use fewer conv layers or a larger image size")
-
-    @property
-    def flat(self) -> int:
-        return self.c * self.h * self.w
+def _input_shape(model: str, channels: int, image_size: Sequence[int]) -> tuple[int, int, int]:
+    h, w = (int(s) for s in image_size)
+    if channels <= 0 or h <= 0 or w <= 0:
+        raise ConfigError(f"model={model}: bad input shape {channels}x{h}x{w}")
+    return int(channels), h, w
 
 
 def last_conv(model: nn.Module) -> nn.Conv2d:
@@ -171,6 +149,11 @@ class NetKnobs:
         """Channel counts that get a norm layer (for the norm_groups check)."""
         return []
 
+    def check_input(self, channels: int, image_size: Sequence[int]) -> None:
+        """Refuse an input of ``channels x H x W`` that this model cannot take (one line naming the knob).
+        :func:`ablate.compose.validate` runs it on the data set's shape: no torch, no model built."""
+        _input_shape(self.name, channels, image_size)
+
 
 def _norm(kind: str, channels: int, groups: int, dense: bool = False) -> nn.Module:
     """The ``norm`` knob's layer; ``layer`` on a conv is GroupNorm(1, C) (over C, H, W per image)."""
@@ -215,6 +198,7 @@ class PlainCNNConf(NetKnobs):
     dense: list[int] = field(default_factory=lambda: [128])  # hidden dense widths; [] = none
     dense_norm: bool = False   # also put the norm layer after each hidden dense layer
     dropout: float = 0.0       # nn.Dropout after each hidden dense layer's activation; 0 = no layer
+    pad_first_only: ClassVar[bool] = False  # LeNet pads only its first conv ("same"); the others shrink the map
 
     def __post_init__(self) -> None:
         _check_ints("model.conv_channels", self.conv_channels)
@@ -228,26 +212,44 @@ class PlainCNNConf(NetKnobs):
     def normalised_widths(self) -> list[int]:
         return list(self.conv_channels) + (list(self.dense) if self.dense_norm else [])
 
+    def paddings(self) -> list[int]:
+        return [0 if self.pad_first_only and i else self.kernel_size // 2 for i in range(len(self.conv_channels))]
 
-def _plain_cnn(cfg: PlainCNNConf, in_channels: int, image_size: tuple[int, int], num_classes: int,
-               pad_first_only: bool = False) -> nn.Module:
+    def feature_shape(self, channels: int, image_size: Sequence[int]) -> tuple[int, int, int]:
+        """(C, H, W) the conv blocks leave of one input (each block's 2x2 pooling floors), what sizes the dense
+        layers; refuses a stack that shrinks the input to nothing."""
+        _, h, w = shape = _input_shape(self.name, channels, image_size)
+        k, seen = self.kernel_size, f"model={self.name} on a {'x'.join(map(str, shape))} input"
+        for i, pad in enumerate(self.paddings(), 1):
+            m, fewer = min(h, w), f"at most {i - 1} conv block(s)"
+            # Only an unpadded conv shrinks the map; it needs one at least as large as its kernel (and a kernel
+            # <= m - 1 leaves the pooling 2 pixels).
+            require(m + 2 * pad >= k, "model.kernel_size", k, f"{seen}: conv{i} (unpadded) gets a {h}x{w} map; use "
+                    + (f"a kernel_size <= {(m - 2) | 1} or {fewer}" if m >= 2 else fewer))
+            h, w = (h + 2 * pad - k + 1) // 2, (w + 2 * pad - k + 1) // 2  # then 2x2 pooling, floored
+            require(h >= 1 and w >= 1, "model.conv_channels", list(self.conv_channels),
+                    f"{seen}: conv block {i} pools the map to nothing; use {fewer} or a larger image")
+        return self.conv_channels[-1], h, w
+
+    def check_input(self, channels: int, image_size: Sequence[int]) -> None:
+        self.feature_shape(channels, image_size)
+
+
+def _plain_cnn(cfg: PlainCNNConf, in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
     from torch import nn
 
-    s = _Shape(cfg.name, in_channels, image_size)
+    c, h, w = cfg.feature_shape(in_channels, image_size)
     act, norm = cfg.activation, NORMS[cfg.norm]
     layers: list[tuple[str, nn.Module]] = []
-    for i, ch in enumerate(cfg.conv_channels, 1):
-        pad = 0 if pad_first_only and i > 1 else cfg.kernel_size // 2
-        layers.append((f"conv{i}", nn.Conv2d(s.c, ch, cfg.kernel_size, padding=pad)))
-        s.conv(ch, cfg.kernel_size, pad)
+    for i, (c_in, ch, pad) in enumerate(zip([in_channels, *cfg.conv_channels], cfg.conv_channels, cfg.paddings()), 1):
+        layers.append((f"conv{i}", nn.Conv2d(c_in, ch, cfg.kernel_size, padding=pad)))
         if norm:
             layers.append((f"{norm}{i}", _norm(cfg.norm, ch, cfg.norm_groups)))
         layers += [(f"{act}{i}", _activation(act)), (f"pool{i}", getattr(nn, POOLS[cfg.pool])(2))]
-        s.pool(2)
         if cfg.dropout2d > 0:
             layers.append((f"drop{i}", nn.Dropout2d(cfg.dropout2d)))
     layers.append(("flatten", nn.Flatten()))
-    width = s.flat
+    width = c * h * w
     for j, d in enumerate(cfg.dense, 1):
         k = len(cfg.conv_channels) + j
         layers.append((f"fc{j}", nn.Linear(width, d)))
@@ -270,13 +272,14 @@ class LeNetConf(PlainCNNConf):
     pool: str = "avg"
     dense: list[int] = field(default_factory=lambda: [120, 84])
     init: str = "xavier_uniform"
+    pad_first_only: ClassVar[bool] = True
 
 
 @MODELS.register("lenet", LeNetConf)
 def lenet(cfg: LeNetConf, in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
     """LeNet-5 as in d2l: sigmoid + average pooling, Xavier init (sigmoid nets train poorly with
     torch's default); only the first conv is padded ("same"), the others shrink the map."""
-    return _plain_cnn(cfg, in_channels, image_size, num_classes, pad_first_only=True)
+    return _plain_cnn(cfg, in_channels, image_size, num_classes)
 
 
 @dataclass
@@ -359,7 +362,7 @@ def resnet(cfg: ResNetConf, in_channels: int, image_size: tuple[int, int], num_c
 
     from .layers import Residual
 
-    _Shape("resnet", in_channels, image_size)  # validates the input shape
+    cfg.check_input(in_channels, image_size)
     act, norm, bias = cfg.activation, NORMS[cfg.norm], cfg.norm == "none"
 
     def conv_norm(c_in: int, c_out: int, k: int, stride: int, tag: str) -> list[tuple[str, nn.Module]]:

@@ -112,6 +112,9 @@ class RunState:
         with self.phases.timed("data"):
             self.batches = make_batches(data, t, groups["augment"], device)
             self.splits = _eval_splits(data, t, device)
+        if t.batch_size > len(data.train_x):  # validate() refused it with drop_last
+            log.warning("%s: trainer.batch_size=%d exceeds the %s-image training split: every step trains on the "
+                        "whole split, one step per epoch", self.run_dir.name, t.batch_size, f"{len(data.train_x):,}")
         self.graphed = graphable and cudagraph.wanted(t.cuda_graph, device, self.batches)
         self.optimizer = build_optimizer(cfg.optimizer, model.parameters(), self.reg.weight_decay,
                                          **speed_flags(cfg.optimizer, device, self.graphed))

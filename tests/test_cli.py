@@ -73,6 +73,18 @@ def test_queries_that_train_nothing_import_no_torch(args):
         assert "scheduler=" in p.stdout.split()
 
 
+def test_a_dry_run_checks_the_model_and_the_split_without_torch(tmp_path):
+    """What a launch refuses only after importing torch (a model the images shrink to nothing, a split that
+    empties a class), a dry run refuses from the config alone: arithmetic and the labels, no torch."""
+    p = _cli("-m", "model=lenet", "model.conv_channels=[6,16],[6,16,32]", "dataset.val_size=0.1,0.999",
+             "dry_run=true", f"hydra.sweep.dir={tmp_path}")
+    assert p.returncode == 1 and "HEAVY []" in p.stderr, p.stderr[-2000:]
+    lines = [ln.split(" -> ", 1)[1].split(" (", 1)[1] for ln in p.stdout.splitlines() if ln.startswith("[dry run]")]
+    assert lines[0] == "new)" and len(lines) == 4, p.stdout
+    assert lines[1].startswith("refused: ablate: dataset.val_size=0.999 is invalid: leaves class(es) [0, 1, 2, 3]")
+    assert all(ln.startswith("refused: ablate: model.conv_channels=[6, 16, 32] is invalid: ") for ln in lines[2:])
+
+
 def test_completion_lists_a_groups_options():
     p = _cli("-sc", "query=bash", env={"COMP_LINE": "ablate-run scheduler=", "COMP_POINT": "21"})
     assert p.returncode == 0, p.stderr[-2000:]

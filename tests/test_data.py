@@ -232,6 +232,56 @@ def test_presence_is_checked_without_reading_the_data(tmp_path):
         validate(make_cfg(["dataset=cifar2", "dataset.classes=[0,12]", f"data.root={tmp_path}"]))
 
 
+@pytest.mark.parametrize(("overrides", "error"), [
+    (["dataset.val_size=0.999"],  # 6 of the embedded 6,000 images left: classes 0-3 lose their last one
+     "dataset.val_size=0.999 is invalid: leaves class(es) [0, 1, 2, 3] with no training image; lower it"),
+    (["dataset.mean=[0.5,0.5]", "dataset.std=[0.5,0.5]"],
+     "dataset.mean=[0.5, 0.5] is invalid: needs one value per channel (1)"),
+    (["dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.5,0.5,0.5]"],
+     "dataset.mean=[0.5, 0.5, 0.5] is invalid: needs one value per channel (1)"),
+    (["dataset=cifar2", "dataset.mean=[0.5]", "dataset.std=[0.5]", "data.download=true"],
+     "dataset.mean=[0.5] is invalid: needs one value per channel (3)"),
+    # Files still to download: CIFAR-10's published 5,000 airplanes and 5,000 birds; 1 image of them left.
+    (["dataset=cifar2", "dataset.val_size=0.9999", "data.download=true"],
+     "dataset.val_size=0.9999 is invalid: leaves class(es) [0] with no training image; lower it"),
+])
+def test_what_loading_would_refuse_is_refused_before_anything_is_loaded(tmp_path, overrides, error):
+    """The launch and the dry run share validate(): these once passed it and failed only once the data was
+    loaded, so a dry run listed the job as new."""
+    from ablate.compose import validate
+    from conftest import make_cfg
+
+    with pytest.raises(ConfigError) as e:
+        validate(make_cfg([f"data.root={tmp_path}", *overrides]))
+    assert str(e.value) == error
+
+
+def test_the_split_check_refuses_exactly_the_shares_that_empty_a_class(tmp_path):
+    """check_dataset reads the labels alone; across val_size it passes exactly when the split the run draws
+    leaves every class a training image, and counts that split's images. Unbalanced classes (1 to 30
+    images) and a relabelled subset exercise the quota's remainders and its at-least-once rule."""
+    rng = np.random.default_rng(0)
+    y = rng.permutation(np.repeat(np.arange(10), [30, 1, 2, 5, 8, 13, 3, 7, 20, 11]))
+    write_idx(tmp_path / "MNIST" / "raw", "train", rng.integers(0, 255, (len(y), 28, 28)), y)
+    write_idx(tmp_path / "MNIST" / "raw", "t10k", np.zeros((10, 28, 28)), np.arange(10))
+    refused = passed = 0
+    for classes in (None, [2, 0, 6]):
+        for val_size in np.round(np.arange(0, 1, 0.01), 2):
+            c, root = ds("mnist", "mnist", classes, [0.5], [0.5], float(val_size)), dict(root=str(tmp_path))
+            try:
+                n = D.check_dataset(c, root)
+            except ConfigError as e:
+                lost = [int(k) for k in str(e).split("[")[1].split("]")[0].split(", ")]
+                d = load_dataset(c, root)
+                assert not set(lost) & set(d.train_y.tolist()) and set(lost) <= set(d.val_y.tolist())
+                refused += 1
+                continue
+            d = load_dataset(c, root)
+            assert n == len(d.train_y) and set(d.train_y.tolist()) == set(range(len(classes or range(10))))
+            passed += 1
+    assert refused > 50 and passed > 50
+
+
 # --------------------------------------------------------------------------- the validation split
 def test_val_split_is_stratified_and_disjoint_from_training(tmp_path):
     full, d = mini(tmp_path), mini(tmp_path, val_size=0.1)

@@ -559,6 +559,23 @@ def test_a_dry_run_checks_what_a_launch_checks(tmp_path):
     assert not [p for p in sweep.rglob("*") if p.name in (rundir.HYDRA_DIR, runlock.LOCK, rundir.SUMMARY_JSON)]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [
+    ["model.conv_channels=[32,64,128,256,512,1024]"],  # the 28x28 images shrink to nothing
+    ["dataset.val_size=0.999"],  # the validation split takes the last image of four classes
+    ["dataset.mean=[0.5,0.5]", "dataset.std=[0.5,0.5]"],  # two channels' constants for a one-channel data set
+    ["trainer.batch_size=100000"],  # drop_last: never one full batch of the 5,400 training images
+])
+def test_a_dry_run_refuses_with_the_launchs_own_line(tmp_path, args):
+    """Bad values a dry run once listed as new, while the launch refused them once it had loaded the data or
+    built the model: both now refuse them in validate(), with the same line and exit status."""
+    launch, dry = (run_cli(["model=lenet", *args, *extra, f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path)
+                   for name, extra in (("launch", []), ("dry", ["dry_run=true"])))
+    assert launch.returncode == dry.returncode == 1, (launch.stderr[-2000:], dry.stdout)
+    assert dry.stderr.strip() == launch.stderr.strip().splitlines()[-1] and dry.stderr.startswith("ablate: "), dry.stderr
+    assert rundir.read_json(tmp_path / "launch" / rundir.SUMMARY_JSON)["error"] == f"ConfigError: {dry.stderr[8:].strip()}"
+
+
 # --------------------------------------------------------------------------- overflow, threads, the command
 def test_float_overflow_of_the_update_is_divergence_not_failure(cfg_factory, tmp_path):
     """Adam's lr / bias correction overflows float32 at lr 1e38: torch refuses the scalar in the step."""

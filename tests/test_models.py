@@ -441,3 +441,44 @@ def test_bad_knob_from_yaml_override() -> None:
 def test_image_too_small_is_config_error() -> None:
     with pytest.raises(ConfigError, match="cnn3"):
         build_model({"name": "cnn3"}, 3, (4, 4), 10)
+
+
+@pytest.mark.parametrize(("name", "pool"), [("lenet", nn.AvgPool2d), ("simple_cnn", nn.MaxPool2d)])
+def test_the_shape_check_refuses_exactly_the_stacks_torch_cannot_run(name: str, pool: type) -> None:
+    """check_input is arithmetic (a dry run builds no model); across depths, kernels and image sizes it passes
+    exactly when torch runs the conv/pool stack (lenet pads its first conv only, simple_cnn every conv), and
+    its (C, H, W) is the shape torch produces."""
+    refused = 0
+    for size in (3, 7, 8, 14, 28):
+        for depth in range(1, 6):
+            for k in (1, 3, 5, 7, 9):
+                cfg = MODELS.typed({"name": name, "conv_channels": [2] * depth, "kernel_size": k})
+                stack = nn.Sequential(*[m for i, pad in enumerate(cfg.paddings())
+                                        for m in (nn.Conv2d(1 if i == 0 else 2, 2, k, padding=pad), pool(2))])
+                try:
+                    shape = cfg.feature_shape(1, (size, size))
+                except ConfigError as e:
+                    assert "\n" not in str(e) and str(e).startswith(("model.conv_channels=", "model.kernel_size="))
+                    with pytest.raises(RuntimeError):
+                        stack(torch.zeros(1, 1, size, size))
+                    refused += 1
+                    continue
+                assert stack(torch.zeros(1, 1, size, size)).shape[1:] == shape, (size, depth, k)
+    assert refused > 20
+
+
+def test_validate_refuses_a_model_the_data_sets_images_shrink_to_nothing() -> None:
+    """The launch and the dry run share validate(): this once failed only when the launch built the model."""
+    from ablate.compose import validate
+    from conftest import make_cfg
+
+    with pytest.raises(ConfigError) as e:
+        validate(make_cfg(["model=lenet", "model.conv_channels=[32,64,128,256,512,1024]"]))
+    assert str(e.value) == ("model.conv_channels=[32, 64, 128, 256, 512, 1024] is invalid: model=lenet on a 1x28x28 "
+                            "input: conv block 3 pools the map to nothing; use at most 2 conv block(s) or a larger image")
+    with pytest.raises(ConfigError, match=r"^model\.kernel_size=15 is invalid: .*conv2 \(unpadded\) gets a 14x14 map; "
+                                          r"use a kernel_size <= 13 or at most 1 conv block\(s\)$"):
+        validate(make_cfg(["model=lenet", "model.kernel_size=15"]))
+    with pytest.raises(ConfigError, match=r"model=cnn3 on a 3x32x32 input: conv block 6 pools"):
+        validate(make_cfg(["model=cnn3", "dataset=cifar10", "data.download=true", "model.conv_channels=[8,8,8,8,8,8]"]))
+    validate(make_cfg(["model=cnn3", "dataset=cifar10", "data.download=true", "model.conv_channels=[8,8,8,8,8]"]))

@@ -261,6 +261,47 @@ def test_drop_last_false_trains_on_every_image_each_epoch(cfg_factory, tmp_path,
     # ... and train_acc a whole number of them.
     seen = epochs.train_acc * sum(sizes)
     assert np.allclose(seen, seen.round(), atol=1e-6)
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_with_drop_last(cfg_factory):
+    """The embedded set trains on 5,400 images (600 held out): with drop_last a batch of 5,401 never fills, so
+    every image would be dropped. validate() refuses it, so the dry run does too."""
+    from ablate.compose import validate
+
+    validate(cfg_factory("trainer.batch_size=5400"))
+    with pytest.raises(ConfigError) as e:
+        validate(cfg_factory("trainer.batch_size=5401"))
+    assert str(e.value) == ("trainer.batch_size=5401 is invalid: exceeds the 5,400-image training split, which "
+                            "trainer.drop_last=true would drop whole; use at most 5400, or trainer.drop_last=false "
+                            "to train on the whole split each step")
+    validate(cfg_factory("trainer.batch_size=6000", "dataset.val_size=0"))  # nothing held out
+    validate(cfg_factory("trainer.batch_size=100000", "trainer.drop_last=false"))  # trains, and says so (below)
+
+
+@pytest.mark.parametrize("pipeline", ["resident", "dataloader"])
+def test_a_batch_larger_than_the_split_trains_on_the_whole_split_and_says_so(cfg_factory, tmp_path, probe_model,
+                                                                              pipeline, caplog):
+    """drop_last=false: every step is the whole split of 100 images (every image once per epoch), and the run
+    starts with one warning saying so; drop_last=true is refused before anything is loaded."""
+    _id_images(tmp_path / "data")
+    over = ["dataset=mnist", "dataset.val_size=0", "dataset.mean=[0.0]", "dataset.std=[1.0]", "augment=none",
+            "optimizer=sgd", "scheduler=none", "trainer.batch_size=1000", "trainer.limit_batches=null",
+            "trainer.epochs=2", f"trainer.pipeline={pipeline}", "trainer.num_workers=0"]
+    with pytest.raises(ConfigError, match=r"^trainer\.batch_size=1000 is invalid: exceeds the 100-image training split"):
+        fit(cfg_factory(*over), tmp_path / "dropped", "h")
+    caplog.set_level(logging.INFO, logger="ablate")
+    cfg = cfg_factory(*over, "trainer.drop_last=false")
+    OmegaConf.set_struct(cfg, False)
+    cfg.model = probe_model
+    summary = fit(cfg, tmp_path / "run", "h")
+    assert summary["status"] == "completed"
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["hits"][:101].tolist() == [2] * 100 + [0]
+    assert pd.read_csv(tmp_path / "run" / "steps.csv").epoch.tolist() == [1, 2]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "run: trainer.batch_size=1000 exceeds the 100-image training split: every step trains on the whole split, "
+        "one step per epoch"]
+
+
 # --------------------------------------------------------------------------- what chooses, what is measured
 def test_plateau_steps_on_the_validation_loss_not_the_test_loss(cfg_factory, tmp_path):
     # Calibrate: a constant lr trains epochs 1-2 exactly as plateau does (nothing changes before its first cut).
