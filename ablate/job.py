@@ -25,9 +25,16 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import rundir, runlock
+from .config import ConfigError
+from .data import DataError
 from .identity import PRESET_GROUPS, RUN_GROUPS, config_hash
+from .rundir import CheckpointError
 
 log = logging.getLogger("ablate")
+
+# Bad input, not a bug: a config value, a data set, a checkpoint. Its message is one line for people, and it is
+# all that a console shows of it.
+BAD_INPUT = (ConfigError, DataError, CheckpointError)
 
 
 def score(summary: dict, failure_value: float) -> float:
@@ -38,9 +45,22 @@ def score(summary: dict, failure_value: float) -> float:
     return float(acc) if summary.get("status") == "completed" and acc is not None else float(failure_value)
 
 
-def log_failure(summary: dict) -> None:
-    """A failed run's one error record in the launcher's log: its name, the error, the traceback."""
-    log.error("%s failed: %s\n%s", Path(summary["run_dir"]).name, summary["error"], summary.get("traceback"))
+def log_failure(summary: dict, error: Optional[BaseException] = None) -> None:
+    """A failed run's error in the launcher's log: its name and the error, then the traceback, which for bad
+    input (:data:`BAD_INPUT`) goes to the log files only (the job's ``run.log``), so the console shows one line."""
+    name = Path(summary["run_dir"]).name
+    if not isinstance(error, BAD_INPUT):
+        log.error("%s failed: %s\n%s", name, summary["error"], summary.get("traceback"))
+        return
+    log.error("%s failed: %s", name, summary["error"])
+    if summary.get("traceback") and log.isEnabledFor(logging.ERROR):
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (summary["traceback"],), None)
+        logger: Optional[logging.Logger] = log
+        while logger is not None:
+            for h in logger.handlers:
+                if isinstance(h, logging.FileHandler) and record.levelno >= h.level:
+                    h.handle(record)
+            logger = logger.parent if logger.propagate else None
 
 
 def hydra_job(hc: DictConfig) -> tuple[Path, list[str], dict[str, Any]]:
