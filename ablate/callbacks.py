@@ -128,6 +128,7 @@ class ProgressCallback(Callback):
             total, names = planned_jobs(config)
             self.monitor = SweepMonitor(Path(config.hydra.sweep.dir), total, names,
                                         logger_conf(config).poll_seconds).start()
+            outcome.LAUNCH.monitor = self.monitor
         except Exception as e:  # noqa: BLE001  (a callback must never stop the sweep)
             log.warning("progress callback: %s", e)
 

@@ -8,7 +8,8 @@ has one writer: its lock (:class:`ablate.runlock.RunLock`) is held from the clai
 last write. Failures stay inside their run: the error is written to ``summary.json``
 (status ``failed``, with the traceback) and handed back to the caller, who decides
 whether it ends a sweep, a process or a notebook cell (``trainer.fail_fast=true``
-re-raises at once).
+re-raises at once). A Ctrl-C marks the run ``interrupted`` (one atomic rewrite of its
+last summary) and goes on up: the lock is released on the way.
 """
 
 from __future__ import annotations
@@ -131,6 +132,18 @@ class _Claimed:
             raise e
         return _record_failure(self.run_dir, self.summary, e), e
 
+    def interrupted(self) -> dict:
+        """Ctrl-C: the run's last summary (its epochs, checkpoint and files as they were) rewritten as
+        ``interrupted``, atomically; a run with no summary of this config yet is left alone."""
+        last = rundir.read_json(self.run_dir / rundir.SUMMARY_JSON)
+        if last is None or last.get("config_hash") != self.hash or last.get("status") != "running":
+            return dict(self.summary, status="interrupted")
+        try:
+            rundir.atomic_write_json(self.run_dir / rundir.SUMMARY_JSON, {**last, "status": "interrupted"})
+        except OSError:
+            pass  # still "running" on disk: readers show it interrupted once the lock is gone
+        return {**last, "status": "interrupted"}
+
     def end(self, summary: dict) -> None:
         if self.observer is not None:
             self.observer.on_end(summary)
@@ -153,6 +166,9 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict[
             summary = fit(cfg, c.run_dir, c.hash, c.summary, c.observer)
         except Exception as e:
             summary, error = c.fail(e)
+        except KeyboardInterrupt:
+            summary = c.interrupted()
+            raise
         finally:
             c.end(summary)
             release()
@@ -195,6 +211,10 @@ def run_group(jobs: Sequence[Job], multirun: bool = False, max_group: int = 16, 
                                   for c in training.values()], max_group, memory_fraction, step)
             for (i, c), out in zip(training.items(), outcomes):
                 results[i] = c.fail(out) if isinstance(out, Exception) else (out, None)
+        except KeyboardInterrupt:
+            for i, c in training.items():
+                results[i] = (c.interrupted(), None)
+            raise
         finally:
             for i, c in training.items():
                 token = RUN.set(c.run_dir.name)  # its last line goes to its own log

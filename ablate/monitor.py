@@ -127,6 +127,12 @@ class SweepMonitor:
         self.thread.start()
         return self
 
+    def halt(self) -> None:
+        """Stop watching, silently (a Ctrl-C's last lines follow)."""
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+
     def stop(self) -> None:
         """Stop watching and print the final count."""
         self.stop_event.set()

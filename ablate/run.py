@@ -6,10 +6,11 @@ saying how many runs failed (:mod:`ablate.outcome`; ``trainer.fail_fast=true``
 re-raises at once instead). A single run, without ``-m``, exits 1 with the error as
 its last line. Bad input (a config value, a data set, a checkpoint) is one line
 wherever it happens; its traceback is kept in the run's ``summary.json`` and log.
-Rerunning a sweep with ``hydra.sweep.dir=<old sweep>`` skips runs already completed
-with the same resolved config and resumes the others from their last checkpoint; a
-run another live process writes is skipped with one line. Here: what only a Hydra
-job has (its directory and overrides, the dry run, GPU spread).
+Ctrl-C ends with what was kept and the command that resumes (exit 130). Rerunning a
+sweep with ``hydra.sweep.dir=<old sweep>`` skips runs already completed with the
+same resolved config and resumes the others from their last checkpoint; a run
+another live process writes is skipped with one line. Here: what only a Hydra job
+has (its directory and overrides, the dry run, GPU spread).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def _spread_over_gpus(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> float:
     """Train (or skip, or resume) the run Hydra composed; return its :func:`ablate.job.score`."""
     run_dir, overrides, choices, multirun = _job_info()
+    if not multirun:
+        outcome.note_run(run_dir, config_hash(cfg), bool(cfg.get("dry_run")))
     if cfg.get("dry_run"):
         return _dry_run(cfg, run_dir, overrides, config_hash(cfg), multirun)
     _spread_over_gpus(cfg)
@@ -113,8 +116,17 @@ def run(cfg: DictConfig) -> float:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
     return run(cfg)
+
+
+def main() -> None:
+    """``python -m ablate.run`` and ``ablate-run``: Hydra's entry, ended by Ctrl-C with two lines, not a
+    traceback (:func:`ablate.outcome.interrupted`; exit 130)."""
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:
+        outcome.interrupted()
 
 
 if __name__ == "__main__":
