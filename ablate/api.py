@@ -57,8 +57,9 @@ def sweep(overrides: Sequence[str] = (), sweep_dir: Optional[Path | str] = None,
     """Run ``python -m ablate.run -m *overrides`` into ``sweep_dir`` (default: a new ``outputs/multirun/DATE/TIME``);
     returns the sweep directory (its runs, and ``report/`` at the end). Output streams to this process's.
 
-    Raises ``subprocess.CalledProcessError`` when the sweep does (a bad override; a failed *run* is recorded
-    in its directory and does not fail the sweep)."""
+    Raises ``subprocess.CalledProcessError`` when the command exits non-zero: a bad override, or a run that
+    failed (the sweep still ran to its end: every run directory and the report are written, and
+    ``load_runs(sweep_dir)`` reads them, the failed run's error included)."""
     overrides = list(overrides)
     if sweep_dir is None:  # where the CLI would put it: hydra.sweep.dir of conf/config.yaml
         from .compose import compose

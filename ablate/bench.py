@@ -216,8 +216,12 @@ def _grid_once(a: argparse.Namespace, sweep: Path, launcher: str) -> tuple[dict[
         d = sweep / ",".join(combo) if combo else sweep
         cmd = [sys.executable, "-m", "ablate.run", "-m", *same, *combo, *fixed, f"hydra.sweep.dir='{d}'"]
         print("bench: grid: " + " ".join(cmd[1:]), flush=True)
+        started = time.time()
         p = subprocess.run(cmd, capture_output=True, text=True)
-        if p.returncode:
+        index = d / rundir.REPORT_DIR / "index.html"
+        if p.returncode == 1 and index.is_file() and index.stat().st_mtime >= started:
+            print(f"bench: grid: {p.stderr.strip().splitlines()[-1]}", flush=True)  # runs failed: the row counts them
+        elif p.returncode:
             raise RuntimeError(f"grid sweep exited {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
         sweeps.append(d)
     if len(sweeps) > 1:

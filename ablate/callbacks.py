@@ -3,8 +3,9 @@
 Import-light on purpose: Hydra instantiates callbacks in the launching process,
 which must never import torch or initialise CUDA, so the report (pandas,
 matplotlib) is imported only when a sweep ends. ``conf/config.yaml`` lists the
-report callback before the progress one: Hydra runs end hooks in reverse order, so
-the final `k/N runs done` line comes before the report's path and verdicts.
+exit-status callback first, then the report, then progress: Hydra runs end hooks in
+reverse order, so the final `k/N runs done` line comes before the report's path and
+verdicts, and the exit status is decided last, once the report is written.
 """
 
 from __future__ import annotations
@@ -17,11 +18,29 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from . import outcome
 from .config import ConfigError, ReportConf
 from .identity import check_sweep
 from .events import logger_conf
 
 log = logging.getLogger("ablate")
+
+
+class ExitStatusCallback(Callback):
+    """The sweep's exit status, decided after every other end hook (the report's included): 1, with one last
+    line (:func:`ablate.outcome.sweep_end`), when a run of this launch failed or a dry run refused a job.
+
+    A ``SystemExit`` is the one thing a callback raises that Hydra does not turn into a
+    warning. Hydra skips end hooks when a job raised (``trainer.fail_fast=true``); it
+    then exits 1 itself."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        outcome.start_sweep(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        line = outcome.sweep_end()
+        if line is not None:
+            raise SystemExit(line)
 
 
 class ReportCallback(Callback):
@@ -38,6 +57,8 @@ class ReportCallback(Callback):
             check_sweep([*config.hydra.overrides.task, *(f"{k}={v}" for k, v in params.items())])
         except ConfigError as e:  # Hydra turns a callback's exceptions into warnings; this must stop the sweep
             raise SystemExit(f"ablate: {e}") from None
+        if config.get("dry_run"):
+            return  # no report to announce
         try:
             sweep = Path(config.hydra.sweep.dir)
             print(f"Sweep: {sweep}/ (report at the end, or any time: python -m ablate.report "
@@ -107,6 +128,7 @@ class ProgressCallback(Callback):
             total, names = planned_jobs(config)
             self.monitor = SweepMonitor(Path(config.hydra.sweep.dir), total, names,
                                         logger_conf(config).poll_seconds).start()
+            outcome.LAUNCH.monitor = self.monitor
         except Exception as e:  # noqa: BLE001  (a callback must never stop the sweep)
             log.warning("progress callback: %s", e)
 

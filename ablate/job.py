@@ -8,7 +8,8 @@ has one writer: its lock (:class:`ablate.runlock.RunLock`) is held from the clai
 last write. Failures stay inside their run: the error is written to ``summary.json``
 (status ``failed``, with the traceback) and handed back to the caller, who decides
 whether it ends a sweep, a process or a notebook cell (``trainer.fail_fast=true``
-re-raises at once).
+re-raises at once). A Ctrl-C marks the run ``interrupted`` (one atomic rewrite of its
+last summary) and goes on up: the lock is released on the way.
 """
 
 from __future__ import annotations
@@ -25,9 +26,16 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import rundir, runlock
+from .config import ConfigError
+from .data import DataError
 from .identity import PRESET_GROUPS, RUN_GROUPS, config_hash
+from .rundir import CheckpointError
 
 log = logging.getLogger("ablate")
+
+# Bad input, not a bug: a config value, a data set, a checkpoint. Its message is one line for people, and it is
+# all that a console shows of it.
+BAD_INPUT = (ConfigError, DataError, CheckpointError)
 
 
 def score(summary: dict, failure_value: float) -> float:
@@ -38,9 +46,22 @@ def score(summary: dict, failure_value: float) -> float:
     return float(acc) if summary.get("status") == "completed" and acc is not None else float(failure_value)
 
 
-def log_failure(summary: dict) -> None:
-    """A failed run's one error record in the launcher's log: its name, the error, the traceback."""
-    log.error("%s failed: %s\n%s", Path(summary["run_dir"]).name, summary["error"], summary.get("traceback"))
+def log_failure(summary: dict, error: Optional[BaseException] = None) -> None:
+    """A failed run's error in the launcher's log: its name and the error, then the traceback, which for bad
+    input (:data:`BAD_INPUT`) goes to the log files only (the job's ``run.log``), so the console shows one line."""
+    name = Path(summary["run_dir"]).name
+    if not isinstance(error, BAD_INPUT):
+        log.error("%s failed: %s\n%s", name, summary["error"], summary.get("traceback"))
+        return
+    log.error("%s failed: %s", name, summary["error"])
+    if summary.get("traceback") and log.isEnabledFor(logging.ERROR):
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (summary["traceback"],), None)
+        logger: Optional[logging.Logger] = log
+        while logger is not None:
+            for h in logger.handlers:
+                if isinstance(h, logging.FileHandler) and record.levelno >= h.level:
+                    h.handle(record)
+            logger = logger.parent if logger.propagate else None
 
 
 def hydra_job(hc: DictConfig) -> tuple[Path, list[str], dict[str, Any]]:
@@ -111,6 +132,18 @@ class _Claimed:
             raise e
         return _record_failure(self.run_dir, self.summary, e), e
 
+    def interrupted(self) -> dict:
+        """Ctrl-C: the run's last summary (its epochs, checkpoint and files as they were) rewritten as
+        ``interrupted``, atomically; a run with no summary of this config yet is left alone."""
+        last = rundir.read_json(self.run_dir / rundir.SUMMARY_JSON)
+        if last is None or last.get("config_hash") != self.hash or last.get("status") != "running":
+            return dict(self.summary, status="interrupted")
+        try:
+            rundir.atomic_write_json(self.run_dir / rundir.SUMMARY_JSON, {**last, "status": "interrupted"})
+        except OSError:
+            pass  # still "running" on disk: readers show it interrupted once the lock is gone
+        return {**last, "status": "interrupted"}
+
     def end(self, summary: dict) -> None:
         if self.observer is not None:
             self.observer.on_end(summary)
@@ -133,6 +166,9 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict[
             summary = fit(cfg, c.run_dir, c.hash, c.summary, c.observer)
         except Exception as e:
             summary, error = c.fail(e)
+        except KeyboardInterrupt:
+            summary = c.interrupted()
+            raise
         finally:
             c.end(summary)
             release()
@@ -175,6 +211,10 @@ def run_group(jobs: Sequence[Job], multirun: bool = False, max_group: int = 16, 
                                   for c in training.values()], max_group, memory_fraction, step)
             for (i, c), out in zip(training.items(), outcomes):
                 results[i] = c.fail(out) if isinstance(out, Exception) else (out, None)
+        except KeyboardInterrupt:
+            for i, c in training.items():
+                results[i] = (c.interrupted(), None)
+            raise
         finally:
             for i, c in training.items():
                 token = RUN.set(c.run_dir.name)  # its last line goes to its own log

@@ -184,7 +184,7 @@ def _score(run: "job.Job", task: DictConfig, summary: Any, error: Any) -> float:
     token = RUN.set(Path(summary["run_dir"]).name)
     try:
         if error is not None:
-            job.log_failure(summary)
+            job.log_failure(summary, error)
     finally:
         RUN.reset(token)
     return job.score(summary, failure)

@@ -192,7 +192,8 @@ class MlflowLogger(Observer):
                 self.client.log_artifact(self.run_id, str(self.run_dir / name))
         status = str(summary.get("status"))
         self.client.set_tag(self.run_id, "ablate.status", status)
-        self.client.set_terminated(self.run_id, "FINISHED" if status in ("completed", "diverged") else "FAILED")
+        self.client.set_terminated(self.run_id, "FINISHED" if status in ("completed", "diverged") else
+                                   "KILLED" if status == "interrupted" else "FAILED")
 
 
 def log_report(conf: MlflowConf, report_dir: Path, sweep: Path) -> str:

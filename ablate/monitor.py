@@ -56,6 +56,24 @@ def planned_jobs(config: DictConfig) -> tuple[Optional[int], Optional[list[str]]
         return None, None
 
 
+def run_statuses(sweep: Path, names: Optional[list[str]], since: float) -> list[tuple[Path, Optional[str], float]]:
+    """Each job's run directory, its status and when its summary was written (0: none yet). For a grid
+    (``names``), the newest summary among each job's directory and its ``~hash`` siblings; without one (a
+    search), every run directory whose summary was written since ``since``."""
+    if names is None:
+        found = [(p, (p / rundir.SUMMARY_JSON).stat().st_mtime) for p in sweep.glob("*")
+                 if rundir.is_run_dir(p) and (p / rundir.SUMMARY_JSON).exists()]
+        return [(p, (rundir.read_summary(p) or {}).get("status"), t) for p, t in found if t >= since]
+    runs = []
+    for n in names:
+        dirs = [sweep / n, *map(Path, glob.glob(str(sweep / glob.escape(n)) + "~*"))]
+        found = [((p / rundir.SUMMARY_JSON).stat().st_mtime, p, s.get("status")) for p in dirs
+                 if (p / rundir.SUMMARY_JSON).exists() and (s := rundir.read_summary(p))]
+        t, p, status = max(found, key=lambda f: f[0]) if found else (0.0, sweep / n, None)
+        runs.append((p, status, t))
+    return runs
+
+
 class SweepMonitor:
     """Counts the sweep's finished runs from their directories and says so when the count changes."""
 
@@ -69,20 +87,8 @@ class SweepMonitor:
         self.last: Any = None
         self.done_at_start = self.count()["done"]  # finished in an earlier launch: skipped, not timed
 
-    def _status(self, dirs: list[Path]) -> Optional[str]:
-        """The status of the newest summary among a job's dir and its ``~hash`` siblings."""
-        found = [(p.stat().st_mtime, s.get("status")) for p in dirs
-                 if (p / rundir.SUMMARY_JSON).exists() and (s := rundir.read_summary(p))]
-        return max(found, key=lambda f: f[0])[1] if found else None
-
     def count(self) -> dict[str, int]:
-        if self.names is not None:
-            statuses = [self._status([self.sweep / n, *map(Path, glob.glob(str(self.sweep / glob.escape(n)) + "~*"))])
-                        for n in self.names]
-        else:  # no grid: every run dir written since the launch
-            statuses = [(rundir.read_summary(p) or {}).get("status") for p in self.sweep.glob("*")
-                        if rundir.is_run_dir(p) and (p / rundir.SUMMARY_JSON).exists()
-                        and (p / rundir.SUMMARY_JSON).stat().st_mtime >= self.start_time]
+        statuses = [status for _, status, _ in run_statuses(self.sweep, self.names, self.start_time)]
         return {"done": sum(s in FINAL for s in statuses), "failed": sum(s == "failed" for s in statuses),
                 "running": sum(s == "running" for s in statuses)}
 
@@ -120,6 +126,12 @@ class SweepMonitor:
         self.thread = threading.Thread(target=self._loop, name="ablate-sweep-monitor", daemon=True)
         self.thread.start()
         return self
+
+    def halt(self) -> None:
+        """Stop watching, silently (a Ctrl-C's last lines follow)."""
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
 
     def stop(self) -> None:
         """Stop watching and print the final count."""

@@ -58,7 +58,8 @@ def _loss(v: Any) -> str:
 
 class LogLines(Observer):
     """Log lines: every ``trainer.log_every`` steps (with ``steps``), every epoch, and (with ``end``: a sweep's
-    job, whose result is not printed) how the run ended."""
+    job, whose result is not printed) how the run ended; a failed run's end is its error line
+    (:func:`ablate.job.log_failure`), and a Ctrl-C's the launch's own last lines."""
 
     def __init__(self, steps: bool, end: bool) -> None:
         self.steps, self.end = steps, end
@@ -79,7 +80,7 @@ class LogLines(Observer):
                  scores or "not evaluated", row["epoch_seconds"], row["images_per_second"])
 
     def on_end(self, summary: dict) -> None:
-        if self.end:
+        if self.end and summary.get("status") not in ("failed", "interrupted"):
             log.info("%s", " | ".join(result_lines(summary)))
 
 

@@ -1,12 +1,16 @@
 """``python -m ablate.run``: one Hydra job = one training run in its own directory (:mod:`ablate.job`).
 
 In a sweep a failed run is recorded in its directory and the job returns normally,
-so the other jobs, the report and the sweep's exit status are unaffected
-(``trainer.fail_fast=true`` re-raises instead); a single run, without ``-m``, exits
-non-zero. Rerunning a sweep with ``hydra.sweep.dir=<old sweep>`` skips runs already
-completed with the same resolved config and resumes the others from their last
-checkpoint; a run another live process writes is skipped with one line. Here:
-what only a Hydra job has (its directory and overrides, the dry run, GPU spread).
+so the other jobs and the report still run; the sweep then exits 1 with one line
+saying how many runs failed (:mod:`ablate.outcome`; ``trainer.fail_fast=true``
+re-raises at once instead). A single run, without ``-m``, exits 1 with the error as
+its last line. Bad input (a config value, a data set, a checkpoint) is one line
+wherever it happens; its traceback is kept in the run's ``summary.json`` and log.
+Ctrl-C ends with what was kept and the command that resumes (exit 130). Rerunning a
+sweep with ``hydra.sweep.dir=<old sweep>`` skips runs already completed with the
+same resolved config and resumes the others from their last checkpoint; a run
+another live process writes is skipped with one line. Here: what only a Hydra job
+has (its directory and overrides, the dry run, GPU spread).
 """
 
 from __future__ import annotations
@@ -18,25 +22,18 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from . import rundir, runlock
+from . import outcome, rundir, runlock
 from .compose import validate  # importing it registers every group's schema before Hydra composes
-from .job import hydra_job, hydra_record, log_failure, run_job, score
+from .job import BAD_INPUT, hydra_job, hydra_record, log_failure, run_job, score
 from .config import CONF_DIR, ConfigError
 from .identity import config_hash
 from .data import DataError
 from .progress import print_result
-from .rundir import CheckpointError
 
 log = logging.getLogger("ablate")
-
-
-class DryRunRefused(CompactHydraException):
-    """A dry-run job a launch would refuse. Raised (not exited) so the other jobs still print their
-    line; Hydra then prints this one line and exits 1."""
 
 
 def _job_info() -> tuple[Path, list[str], dict[str, Any], bool]:
@@ -46,7 +43,9 @@ def _job_info() -> tuple[Path, list[str], dict[str, Any], bool]:
 
 def _dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str], h: str, multirun: bool) -> float:
     """One line per job: its overrides, its run dir and what a real launch would do there, after the
-    checks a launch makes (:func:`ablate.compose.validate`). Writes nothing."""
+    checks a launch makes (:func:`ablate.compose.validate`). Writes nothing. A refused job returns
+    normally, so the other jobs still print their line; the sweep then ends with one line and exit 1
+    (:func:`ablate.outcome.sweep_end`)."""
     shown = " ".join(o for o in overrides if o.lstrip("+~").split("=")[0] != "dry_run") or "(no overrides)"
     num = HydraConfig.get().job.get("num")
     line = f"[dry run]{'' if num is None else f' #{num}'} {shown} -> "
@@ -56,7 +55,9 @@ def _dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str], h: str, multi
         if not multirun:
             sys.exit(f"ablate: {e}")
         print(f"{line}{run_dir} (refused: ablate: {e})", flush=True)
-        raise DryRunRefused(f"ablate: {e}") from None
+        outcome.note_dry_run(refused=True)
+        return 0.0
+    outcome.note_dry_run(refused=False)
     home, prev = rundir.placement(run_dir, h)
     if home != run_dir:
         what = f"holds another config: would run in {home.name}"
@@ -90,6 +91,8 @@ def _spread_over_gpus(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> float:
     """Train (or skip, or resume) the run Hydra composed; return its :func:`ablate.job.score`."""
     run_dir, overrides, choices, multirun = _job_info()
+    if not multirun:
+        outcome.note_run(run_dir, config_hash(cfg), bool(cfg.get("dry_run")))
     if cfg.get("dry_run"):
         return _dry_run(cfg, run_dir, overrides, config_hash(cfg), multirun)
     _spread_over_gpus(cfg)
@@ -102,9 +105,9 @@ def run(cfg: DictConfig) -> float:
             sys.exit(f"ablate: {e}")
         return float(cfg.trainer.failure_value)
     if error is not None:
-        if isinstance(error, (ConfigError, DataError, CheckpointError)) and not multirun:
+        if isinstance(error, BAD_INPUT) and not multirun:
             sys.exit(f"ablate: {error}")  # bad input: one line, non-zero exit
-        log_failure(summary)
+        log_failure(summary, error)
     if not multirun:
         print_result(summary)  # a single run ends naming its directory and accuracy
         if error is not None:
@@ -113,8 +116,17 @@ def run(cfg: DictConfig) -> float:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
     return run(cfg)
+
+
+def main() -> None:
+    """``python -m ablate.run`` and ``ablate-run``: Hydra's entry, ended by Ctrl-C with two lines, not a
+    traceback (:func:`ablate.outcome.interrupted`; exit 130)."""
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:
+        outcome.interrupted()
 
 
 if __name__ == "__main__":

@@ -119,3 +119,10 @@ def test_sweep_runs_the_command_line_and_returns_its_directory(tmp_path):
     assert len(ablate.load_epochs(sweep)) == 2
     with pytest.raises(subprocess.CalledProcessError):
         ablate.sweep(["scheduler=nosuch"], sweep_dir=tmp_path / "bad")
+    # A run that failed fails the call too, once the sweep and its report are written.
+    with pytest.raises(subprocess.CalledProcessError):
+        ablate.sweep(["optimizer.lr=-1,0.01", "trainer.epochs=1", "trainer.limit_batches=2", "model=lenet",
+                      "trainer.limit_eval_batches=1", f"data.root={tmp_path / 'data'}", "report.arm_panels=false"],
+                     sweep_dir=tmp_path / "failed")
+    assert (tmp_path / "failed" / "report" / "index.html").exists()
+    assert sorted(ablate.load_runs(tmp_path / "failed").status) == ["completed", "failed"]

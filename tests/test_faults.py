@@ -255,8 +255,17 @@ def test_diverging_and_failing_runs_stay_inside_their_run(tmp_path):
     cmd = ["-m", "model=lenet", "trainer.epochs=3", "trainer.limit_batches=2", "trainer.batch_size=32",
            "trainer.limit_eval_batches=1", "trainer.eval_batch_size=200", "optimizer=sgd",
            "optimizer.lr=0.01,1e38,-1", f"hydra.sweep.dir={sweep}", f"data.root={tmp_path / 'data'}"]
-    out = _ok(run_cli(cmd, cwd=tmp_path))
+    p = run_cli(cmd, cwd=tmp_path)
+    out = p.stdout + p.stderr
     runs = {_lr(n): (d, rundir.read_json(d / rundir.SUMMARY_JSON)) for n, d in _runs(sweep).items()}
+    # The sweep runs to its report, then exits 1 for its one failed run (the diverged one is a result).
+    failed = runs[-1.0][0] / rundir.SUMMARY_JSON
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1] == (
+        f"ablate: 1 of 3 runs failed (see the report's flagged runs, or {failed})"), out[-3000:]
+    # Bad input is one line on the console; its traceback is in the run's record and log (below).
+    assert [ln.split("][ERROR] - ", 1)[1] for ln in out.splitlines() if "is invalid" in ln] == [
+        f"{runs[-1.0][0].name} failed: ConfigError: optimizer.lr=-1.0 is invalid: must be > 0"]
+    assert "Traceback" not in out
     assert runs[0.01][1]["status"] == "completed" and runs[0.01][1]["epochs_done"] == 3
     d, s = runs[1e38]
     assert s["status"] == "diverged" and "non-finite training loss in epoch 1" in s["error"]
@@ -271,8 +280,11 @@ def test_diverging_and_failing_runs_stay_inside_their_run(tmp_path):
     assert sorted(rows["status"]) == ["completed", "diverged", "failed"]
     assert "Runs: 3 job dir(s)" in out
 
-    # A relaunch skips the completed and the diverged run, and retries the failed one.
-    out = _ok(run_cli([*cmd, NO_REPORT], cwd=tmp_path))
+    # A relaunch skips the completed and the diverged run, and retries the failed one (no report: the exit
+    # status does not depend on it).
+    p = run_cli([*cmd, NO_REPORT], cwd=tmp_path)
+    out = p.stdout + p.stderr
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1] == f"ablate: 1 of 3 runs failed (see {failed})"
     assert out.count("already completed with this config; skipping") == 1
     assert out.count("already diverged with this config; skipping") == 1
     assert "optimizer.lr=-1.0 is invalid" in out  # retried, and failed again
@@ -549,7 +561,10 @@ def test_a_dry_run_checks_what_a_launch_checks(tmp_path):
         assert "\n" not in p.stderr.strip()
     sweep = tmp_path / "sweep"
     p = dry("-m", "trainer.batch_size=0,16", "optimizer.lr=-1,0.01", f"hydra.sweep.dir={sweep}")
+    # Every job's line, then one line and exit 1: no report announced, none of Hydra's error report.
     assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == ["ablate: dry run: 3 of 4 jobs would be refused (see above)"], p.stderr
+    assert "Sweep: " not in p.stdout and p.stdout.strip().endswith("Dry run: nothing was trained, no report written.")
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("[dry run]")]
     assert [ln.split(" (", 1)[1] for ln in lines] == [
         "refused: ablate: trainer.batch_size=0 is invalid: must be > 0)",
@@ -645,9 +660,12 @@ def test_a_full_disk_ends_the_sweep_with_a_report_and_no_run_left_running(tmp_pa
     sweep = small_disk / "sweep"
     common = ["model=lenet", "trainer.epochs=2", "trainer.limit_batches=1", "trainer.batch_size=32",
               "trainer.limit_eval_batches=1", "trainer.eval_batch_size=200", f"data.root={tmp_path / 'data'}"]
-    out = _ok(run_cli(["-m", *common, "trainer.seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path))
+    p = run_cli(["-m", *common, "trainer.seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    out = p.stdout + p.stderr
     runs = _runs(sweep)
     assert len(runs) == 2 and "Report: " in out
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("ablate: 2 of 2 runs failed (")
+    assert "Traceback (most recent call last)" in out  # not bad input: the console shows where it happened
     for name, run in runs.items():
         s = rundir.read_json(run / rundir.SUMMARY_JSON)
         assert s["status"] == "failed", (name, s)

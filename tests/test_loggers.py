@@ -50,8 +50,11 @@ def tracked(tmp_path_factory):
     first.observers.append(KillAfterEpoch(2))
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, run, h, dict(base), first)
-    first.on_end({**base, "status": "running"})
+    first.on_end({**base, "status": "interrupted"})  # what ablate.job ends a Ctrl-C'd run with
     assert len(pd.read_csv(run / rundir.EPOCHS_CSV)) == 2  # rows of epoch 2 were written, its checkpoint not
+    client = loggers.mlflow_client(MlflowConf(tracking_uri=str(store)))
+    (cut,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert cut.info.status == "KILLED" and cut.data.tags["ablate.status"] == "interrupted"  # not a failure
     second = loggers.for_run(cfg)
     summary = fit(cfg, run, h, dict(base), second)
     second.on_end(summary)

@@ -234,13 +234,15 @@ runpy.run_module("ablate.run", run_name="__main__")
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="pretends a CPU-only machine has two GPUs")
 def test_multirun_jobs_are_spread_over_gpus_round_robin(tmp_path):
-    """Job N asks for cuda:(N mod 2). With no CUDA here each run then fails with the device it was given."""
+    """Job N asks for cuda:(N mod 2). With no CUDA here each run then fails with the device it was given
+    (and the sweep exits 1 for them)."""
     sweep = tmp_path / "sweep"
     e = dict(os.environ, PYTHONPATH=_path(), MPLBACKEND="Agg")
     p = subprocess.run([sys.executable, "-c", _TWO_GPUS, "-m", "trainer.seed=0,1,2", "trainer.epochs=1",
                         f"hydra.sweep.dir={sweep}"],
                        cwd=tmp_path, env=e, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("ablate: 3 of 3 runs failed ("), (
+        p.stderr[-2000:])
     import json
     errors = {json.loads(f.read_text())["config"]["trainer"]["seed"]: json.loads(f.read_text())["error"]
               for f in sweep.glob("*/summary.json")}
