@@ -47,6 +47,11 @@ class ArmPanel:
         return f"{self.role} arm: {rep.label(self.arm)} (mean test accuracy {pct(self.mean)} %, {seeds})"
 
 
+def finished_mean(runs: Sequence[Run]) -> float:
+    """Mean final test accuracy of the runs that finished (counted); what the representative run is nearest."""
+    return statistics.fmean(r.final_test_acc for r in runs if r.counted)
+
+
 def representative_run(runs: Sequence[Run]) -> Run | None:
     """The run that stands for its arm in the panels: the counted seed whose final test accuracy is
     closest to the arm's mean (ties: the lower seed), among those that kept ``model.pt``.
@@ -56,7 +61,7 @@ def representative_run(runs: Sequence[Run]) -> Run | None:
     ok = [r for r in runs if r.counted]
     if not ok:
         return None
-    m = statistics.fmean(r.final_test_acc for r in ok)  # of the runs it can stand for (diverged ones cannot)
+    m = finished_mean(runs)  # of the runs it can stand for (diverged ones cannot)
     have = [r for r in ok if (r.path / rundir.MODEL).is_file()]
     key = lambda r: (abs(r.final_test_acc - m), r.seed if r.seed is not None else math.inf, r.name)  # noqa: E731
     return min(have, key=key) if have else None
@@ -129,7 +134,7 @@ def panel_lines(rep: Report, p: ArmPanel, code: Callable[[str], str] = str) -> t
 def _closest(rep: Report, p: ArmPanel) -> str:
     """Which mean the drawn run is closest to: the arm's, or its finished seeds' when some did not finish."""
     runs = rep.arms[p.arm]
-    ok = [r.final_test_acc for r in runs if r.counted]
     if all(r.counted for r in runs if r.result is not None):  # the tables' mean is the finished runs' mean
         return "the seed closest to the arm's mean"
-    return f"the finished seed closest to the mean of the arm's {len(ok)} finished seeds, {pct(statistics.fmean(ok))} %"
+    n = sum(r.counted for r in runs)
+    return f"the finished seed closest to the mean of the arm's {n} finished seeds, {pct(finished_mean(runs))} %"
